@@ -1,0 +1,298 @@
+"""The job configuration: a dataclass tree (the schema), YAML values, dotted CLI overrides, validation.
+
+Precedence is CLI > YAML > defaults. Unknown keys and bad values raise :class:`ConfigError` naming the
+key and what is allowed. Every field carries its help text, so ``--help`` and the README stay honest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the key and the fix."""
+
+
+def option(default: Any, help: str, choices: tuple | None = None):
+    """A config field with its help text and (optionally) the values it accepts."""
+    meta = {"help": help, "choices": choices}
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class ModelConfig:
+    name: str = option("cifar_resnet", "backbone: cifar_resnet (depth 6n+2), resnet18, resnet34, resnet50")
+    depth: int = option(20, "depth of cifar_resnet: 6n+2 (20, 32, 56, 110)")
+
+
+@dataclass
+class DataConfig:
+    name: str = option(
+        "fashion_mnist",
+        "dataset",
+        ("fashion_mnist", "mnist", "cifar10", "cifar100", "svhn", "stl10", "imagefolder", "synthetic"),
+    )
+    root: str | None = option(None, "dataset folder; default: the usual places (see README, Data)")
+    download: bool = option(False, "let torchvision download the dataset into root (or ./data)")
+    batch_size: int = option(128, "training batch size")
+    eval_batch_size: int = option(512, "evaluation batch size")
+    augment: bool = option(True, "random crop (+ flip where the recipe has it), METHODS §4")
+    workers: int = option(2, "DataLoader workers for datasets read from disk per sample (imagefolder)")
+    train_subset: int | None = option(None, "use only the first N training samples (quick runs)")
+    test_subset: int | None = option(None, "use only the first N test samples (quick runs)")
+    drop_last: bool = option(False, "drop the last, smaller training batch of an epoch")
+    image_size: int = option(224, "imagefolder: crop size")
+    synthetic_shape: list[int] = option([3, 32, 32], "synthetic: C, H, W")
+    synthetic_classes: int = option(10, "synthetic: number of classes")
+    synthetic_train: int = option(2048, "synthetic: training samples")
+    synthetic_test: int = option(512, "synthetic: test samples")
+    synthetic_noise: float = option(0.35, "synthetic: noise std around each class prototype (in [0,1] pixels)")
+
+
+@dataclass
+class SplitConfig:
+    num_modules: int = option(4, "K, the number of gradient-isolated local modules")
+    balance: str = option("uniform", "how to place module boundaries", ("uniform", "table"))
+    table: str = option(
+        "infopro", "balance=table: InfoPro's split tables (METHODS §2)", ("infopro", "infopro_star")
+    )
+    boundaries: list[int] | None = option(
+        None, "explicit unit indices after which a module ends (K-1 of them); overrides balance"
+    )
+
+
+@dataclass
+class MethodConfig:
+    name: str = option("infopro", "local learning method (see `pipelocal.methods`)")
+    loss: str = option("softmax", "infopro: task loss of the aux head", ("softmax", "contrast"))
+    lambdas: list[float] = option(
+        [1.0, 1.0, 0.0, 1.0],
+        "infopro: (λ1 first, λ2 first, λ1 last, λ2 last); module i interpolates with ratio i/(K-2)",
+    )
+    temperature: float = option(0.07, "infopro contrast: temperature")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = option(0.1, "peak learning rate")
+    momentum: float = option(0.9, "SGD momentum")
+    nesterov: bool = option(True, "Nesterov momentum")
+    weight_decay: float = option(1e-4, "weight decay")
+    step: str = option(
+        "per_batch",
+        "per_batch: step every module after the whole batch (InfoPro lineage); per_module: after its backward (DGL)",
+        ("per_batch", "per_module"),
+    )
+    schedule: str = option("cosine", "learning-rate schedule", ("cosine", "constant"))
+    warmup_epochs: float = option(0.0, "linear warm-up length in epochs (the CIFAR recipe uses 10)")
+    warmup_lr: float = option(0.01, "learning rate at the start of warm-up")
+    per_step: bool = option(True, "update the schedule every step (fractional epochs) instead of once per epoch")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = option(3, "training epochs")
+    seed: int = option(0, "seed for model init and data order")
+    device: str = option("auto", "auto: cuda if available, else cpu", ("auto", "cpu", "cuda"))
+    threads: int = option(0, "CPU threads for this process (0: torch's default)")
+    max_steps: int | None = option(None, "stop each epoch after this many steps (quick runs, tests)")
+    eval_every: int = option(1, "evaluate every N epochs (and always after the last)")
+    deterministic: bool = option(False, "torch.use_deterministic_algorithms (tests, invariants)")
+
+
+@dataclass
+class MetricsConfig:
+    out_dir: str = option("runs", "parent folder of run directories")
+    run_name: str | None = option(None, "run directory name (default: <mode>-<method>-<time>)")
+    log_every: int = option(50, "steps between JSONL/console log lines")
+    console: str = option("auto", "auto: rich on a terminal, plain lines otherwise", ("auto", "rich", "plain", "none"))
+    memory: bool = option(True, "count bytes saved for backward with saved-tensor hooks (small CPU cost)")
+
+
+@dataclass
+class JobConfig:
+    mode: str = option("sequential", "execution mode (DESIGN §2)", ("sequential", "e2e"))
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+
+    def validate(self) -> JobConfig:
+        """Check every choice and the cross-field rules; return self."""
+        _check_choices(self, "")
+        _positive(self, ["data.batch_size", "data.eval_batch_size", "split.num_modules", "train.epochs"])
+        if self.model.name == "cifar_resnet" and (self.model.depth - 2) % 6:
+            raise ConfigError(f"model.depth={self.model.depth}: cifar_resnet depth must be 6n+2 (20, 32, 56, 110)")
+        if len(self.method.lambdas) != 4:
+            raise ConfigError("method.lambdas needs 4 numbers: λ1 first, λ2 first, λ1 last, λ2 last")
+        if len(self.data.synthetic_shape) != 3:
+            raise ConfigError("data.synthetic_shape needs 3 numbers: C, H, W")
+        if self.split.boundaries is not None and len(self.split.boundaries) != self.split.num_modules - 1:
+            raise ConfigError(
+                f"split.boundaries has {len(self.split.boundaries)} entries but split.num_modules="
+                f"{self.split.num_modules} needs {self.split.num_modules - 1}"
+            )
+        from pipelocal.methods import METHODS  # late import: the schema must not depend on the methods
+
+        if self.method.name not in METHODS:
+            raise ConfigError(f"method.name='{self.method.name}' is unknown; registered: {', '.join(METHODS.names())}")
+        if self.mode == "e2e" and self.method.name != "e2e":
+            raise ConfigError(
+                f"mode=e2e trains with plain backprop but method.name='{self.method.name}'; "
+                "set method.name=e2e, or mode=sequential for local learning"
+            )
+        return self
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> JobConfig:
+    """Defaults, then the YAML file, then ``--section.key=value`` overrides; validated."""
+    cfg = JobConfig()
+    if path is not None:
+        text = Path(path).read_text()
+        values = yaml.safe_load(text) or {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections, got {type(values).__name__}")
+        _merge(cfg, values, prefix="")
+    for item in overrides or []:
+        key, value = _split_override(item)
+        set_key(cfg, key, yaml.safe_load(value) if value != "" else None)
+    return cfg.validate()
+
+
+def set_key(cfg: JobConfig, dotted: str, value: Any) -> None:
+    """Set ``section.key`` (or a top-level key) on ``cfg``, casting and checking the name."""
+    *parents, leaf = dotted.split(".")
+    node, prefix = cfg, ""
+    for part in parents:
+        node = getattr(node, _known(node, part, prefix))
+        prefix += part + "."
+        if not dataclasses.is_dataclass(node):
+            raise ConfigError(f"'{prefix.rstrip('.')}' is a value, not a section")
+    _set_on(node, leaf, value, prefix)
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def dump_yaml(cfg: JobConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def help_text() -> str:
+    """Every section and key with its default and help, for ``--help``."""
+    lines = []
+    for f in dataclasses.fields(JobConfig):
+        default = getattr(JobConfig(), f.name)
+        if dataclasses.is_dataclass(default):
+            lines.append(f"\n{f.name}:")
+            for sub in dataclasses.fields(default):
+                lines.append(_help_line(f"  --{f.name}.{sub.name}", getattr(default, sub.name), sub))
+        else:
+            lines.append(_help_line(f"--{f.name}", default, f))
+    return "\n".join(lines)
+
+
+def _help_line(flag: str, default: Any, f: dataclasses.Field) -> str:
+    choices = f.metadata.get("choices")
+    allowed = f" {{{', '.join(choices)}}}" if choices else ""
+    return f"{flag:34s} {f.metadata.get('help', '')}{allowed} [default: {default}]"
+
+
+def _merge(node: Any, values: dict, prefix: str) -> None:
+    for key, value in values.items():
+        _set_on(node, key, value, prefix)
+
+
+def _set_on(node: Any, key: str, value: Any, prefix: str) -> None:
+    name = _known(node, key, prefix)
+    current = getattr(node, name)
+    if dataclasses.is_dataclass(current):
+        if not isinstance(value, dict):
+            raise ConfigError(f"'{prefix}{name}' is a section; give it a mapping, got {value!r}")
+        _merge(current, value, f"{prefix}{name}.")
+    else:
+        setattr(node, name, _cast(value, typing.get_type_hints(type(node))[name], f"{prefix}{name}"))
+
+
+def _known(node: Any, key: str, prefix: str) -> str:
+    names = [f.name for f in dataclasses.fields(node)]
+    if key in names:
+        return key
+    close = difflib.get_close_matches(key, names, n=1)
+    hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
+    where = f"section '{prefix.rstrip('.')}'" if prefix else "the top level"
+    raise ConfigError(f"unknown key '{prefix}{key}'{hint} (keys of {where}: {', '.join(names)})")
+
+
+def _split_override(item: str) -> tuple[str, str]:
+    if not item.startswith("--") or "=" not in item:
+        raise ConfigError(f"override '{item}' must look like --section.key=value")
+    key, value = item[2:].split("=", 1)
+    return key, value
+
+
+def _cast(value: Any, hint: Any, key: str) -> Any:
+    """Cast a YAML value to a field's annotated type, or raise naming the key."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _cast(value, inner[0], key)
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"'{key}' needs a list, got {value!r}")
+        return [_cast(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"'{key}' needs true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"'{key}' needs an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"'{key}' needs a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"'{key}' needs a string, got {value!r}")
+    return value
+
+
+def _check_choices(node: Any, prefix: str) -> None:
+    for f in dataclasses.fields(node):
+        value = getattr(node, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_choices(value, f"{prefix}{f.name}.")
+        elif f.metadata.get("choices") and value not in f.metadata["choices"]:
+            raise ConfigError(f"{prefix}{f.name}={value!r} is not allowed; choose one of {', '.join(f.metadata['choices'])}")
+
+
+def _positive(cfg: JobConfig, keys: list[str]) -> None:
+    for key in keys:
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value < 1:
+            raise ConfigError(f"{key}={value} must be at least 1")

@@ -1,0 +1,326 @@
+"""Datasets and loaders.
+
+Small datasets (Fashion-MNIST, MNIST, CIFAR, SVHN, STL-10, synthetic) live in memory as uint8 tensors on
+the training device; batches are cropped, flipped and normalised there in one vectorised step, so the
+loader costs no per-sample Python and no host-to-device copy per batch. ImageNet-style folders stream
+through a DataLoader with workers (and pinned memory on CUDA).
+
+Every batch carries ``raw``, the augmented input in [0, 1] before normalisation, for methods that
+reconstruct it (InfoPro).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipelocal.config import DataConfig
+from pipelocal.registry import Registry
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset is not on disk; the message names every path tried and how to get it."""
+
+
+@dataclass
+class Batch:
+    x: torch.Tensor  # normalised input
+    y: torch.Tensor  # int64 labels
+    raw: torch.Tensor  # input in [0, 1] before normalisation
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass
+class Recipe:
+    """Augmentation and normalisation of one dataset (METHODS §4)."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    pad: int = 0  # random crop after reflect-padding by this much (0: no crop)
+    flip: bool = False
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # uint8 (N, C, H, W)
+    labels: torch.Tensor  # int64 (N,)
+
+
+@dataclass
+class DataInfo:
+    num_classes: int
+    input_shape: tuple[int, int, int]
+
+
+SOURCES: Registry = Registry("dataset")
+
+CIFAR_RECIPE = Recipe((125.3 / 255, 123.0 / 255, 113.9 / 255), (63.0 / 255, 62.1 / 255, 66.7 / 255), pad=4, flip=True)
+RECIPES = {
+    "fashion_mnist": Recipe((0.2860,), (0.3530,), pad=2, flip=True),
+    "mnist": Recipe((0.1307,), (0.3081,), pad=2),
+    "cifar10": CIFAR_RECIPE,
+    "cifar100": CIFAR_RECIPE,
+    "svhn": Recipe((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), pad=2),
+    "stl10": Recipe((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), pad=4, flip=True),
+    "synthetic": Recipe((0.5,), (0.25,)),
+    "imagefolder": Recipe((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+
+
+def candidate_roots(cfg: DataConfig, *subdirs: str) -> list[Path]:
+    """Where a dataset may be: the user's root, ./data, $PIPELOCAL_DATA, /usr/share/datasets (Debian)."""
+    bases = [Path(cfg.root).expanduser()] if cfg.root else []
+    bases += [Path("data"), Path(os.environ.get("PIPELOCAL_DATA", "~/.cache/pipelocal")).expanduser()]
+    bases.append(Path("/usr/share/datasets"))
+    return [base / sub for base in bases for sub in subdirs] + bases
+
+
+def not_found(name: str, tried: list[Path], extra: str = "") -> DatasetNotFoundError:
+    paths = "\n  ".join(str(p) for p in tried)
+    return DatasetNotFoundError(
+        f"dataset '{name}' not found. Tried:\n  {paths}\n"
+        f"Fix: point --data.root at a folder that holds it, or pass --data.download=true to let torchvision "
+        f"fetch it into --data.root (default ./data).{extra}"
+    )
+
+
+# ----------------------------------------------------------------------------------- MNIST-format files
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    _, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def _idx_dataset(name: str, cfg: DataConfig, subdirs: list[str], torchvision_cls: str, extra: str = ""):
+    files = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+             "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}  # fmt: skip
+    if cfg.download:
+        import torchvision.datasets as tvd
+
+        root = Path(cfg.root or "data")
+        for train in (True, False):
+            getattr(tvd, torchvision_cls)(str(root), train=train, download=True)
+    tried = candidate_roots(cfg, *subdirs)
+    for folder in tried:
+        found = {}
+        for split, (images, labels) in files.items():
+            paths = [_first_existing(folder, stem) for stem in (images, labels)]
+            if None in paths:
+                break
+            x, y = (_read_idx(p) for p in paths)
+            found[split] = Split(torch.from_numpy(x.copy()).unsqueeze(1), torch.from_numpy(y.astype(np.int64)))
+        if len(found) == 2:
+            return found["train"], found["test"], 10
+    raise not_found(name, tried, extra)
+
+
+def _first_existing(folder: Path, stem: str) -> Path | None:
+    for candidate in (folder / stem, folder / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+@SOURCES.register("fashion_mnist")
+def fashion_mnist(cfg: DataConfig):
+    hint = "\nOn Debian/Ubuntu: sudo apt-get install dataset-fashion-mnist (files in /usr/share/datasets/fashion-mnist)."
+    return _idx_dataset("fashion_mnist", cfg, ["fashion-mnist", "FashionMNIST/raw"], "FashionMNIST", hint)
+
+
+@SOURCES.register("mnist")
+def mnist(cfg: DataConfig):
+    return _idx_dataset("mnist", cfg, ["mnist", "MNIST/raw"], "MNIST")
+
+
+# ------------------------------------------------------------------------------ torchvision in-memory sets
+
+
+def _torchvision_split(name: str, cfg: DataConfig, cls_name: str, split_kw: dict, labels_attr: str):
+    import torchvision.datasets as tvd
+
+    cls = getattr(tvd, cls_name)
+    tried = [Path(cfg.root or "data").expanduser()] if cfg.download else candidate_roots(cfg)
+    for root in tried:
+        try:
+            ds = cls(str(root), download=cfg.download, **split_kw)
+        except (RuntimeError, FileNotFoundError):
+            continue
+        images = torch.from_numpy(np.ascontiguousarray(ds.data))
+        if images.ndim == 4 and images.shape[-1] == 3:  # CIFAR stores NHWC
+            images = images.permute(0, 3, 1, 2).contiguous()
+        labels = torch.as_tensor(np.asarray(getattr(ds, labels_attr)), dtype=torch.int64)
+        return Split(images, labels)
+    raise not_found(name, tried)
+
+
+def _register_torchvision(name: str, cls_name: str, train_kw: dict, test_kw: dict, labels_attr: str, classes: int):
+    @SOURCES.register(name)
+    def source(cfg: DataConfig):
+        train = _torchvision_split(name, cfg, cls_name, train_kw, labels_attr)
+        test = _torchvision_split(name, cfg, cls_name, test_kw, labels_attr)
+        return train, test, classes
+
+    return source
+
+
+_register_torchvision("cifar10", "CIFAR10", {"train": True}, {"train": False}, "targets", 10)
+_register_torchvision("cifar100", "CIFAR100", {"train": True}, {"train": False}, "targets", 100)
+_register_torchvision("svhn", "SVHN", {"split": "train"}, {"split": "test"}, "labels", 10)
+_register_torchvision("stl10", "STL10", {"split": "train"}, {"split": "test"}, "labels", 10)
+
+
+@SOURCES.register("synthetic")
+def synthetic(cfg: DataConfig):
+    """Deterministic and learnable: smooth random class prototypes plus Gaussian noise, any shape."""
+    gen = torch.Generator().manual_seed(1234)  # the data never depends on train.seed
+    channels, height, width = cfg.synthetic_shape
+    classes = cfg.synthetic_classes
+    coarse = torch.rand(classes, channels, max(height // 4, 1), max(width // 4, 1), generator=gen)
+    prototypes = F.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False)
+
+    def draw(n: int) -> Split:
+        labels = torch.randint(0, classes, (n,), generator=gen)
+        noise = torch.randn(n, channels, height, width, generator=gen) * cfg.synthetic_noise
+        images = ((prototypes[labels] + noise).clamp(0, 1) * 255).round().to(torch.uint8)
+        return Split(images, labels)
+
+    return draw(cfg.synthetic_train), draw(cfg.synthetic_test), classes
+
+
+# ------------------------------------------------------------------------------------------------ loaders
+
+
+class TensorLoader:
+    """Shuffled batches from an in-memory uint8 split, augmented and normalised on ``device``."""
+
+    def __init__(self, split: Split, recipe: Recipe, batch_size: int, device: torch.device, train: bool,
+                 seed: int = 0, drop_last: bool = False):  # fmt: skip
+        self.images = split.images.to(device)
+        self.labels = split.labels.to(device)
+        self.recipe = recipe
+        self.batch_size = batch_size
+        self.device = device
+        self.train = train
+        self.seed = seed
+        self.drop_last = drop_last
+        self.epoch = 0
+        self.mean = torch.tensor(recipe.mean, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(recipe.std, device=device).view(1, -1, 1, 1)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        n = len(self.labels)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self):
+        gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        n = len(self.labels)
+        order = torch.randperm(n, generator=gen) if self.train else torch.arange(n)
+        for i in range(len(self)):
+            index = order[i * self.batch_size : (i + 1) * self.batch_size].to(self.device)
+            raw = self.images[index].float().div_(255)
+            if self.train:
+                raw = augment(raw, self.recipe, gen)
+            yield Batch((raw - self.mean) / self.std, self.labels[index], raw)
+
+
+def augment(raw: torch.Tensor, recipe: Recipe, gen: torch.Generator) -> torch.Tensor:
+    """Random crop after reflect padding, and horizontal flip, for a whole batch at once."""
+    n, channels, height, width = raw.shape
+    if recipe.pad:
+        p = recipe.pad
+        padded = F.pad(raw, (p, p, p, p), mode="reflect")
+        top = torch.randint(0, 2 * p + 1, (n,), generator=gen).to(raw.device)
+        left = torch.randint(0, 2 * p + 1, (n,), generator=gen).to(raw.device)
+        rows = (top[:, None] + torch.arange(height, device=raw.device))[:, None, :, None]
+        cols = (left[:, None] + torch.arange(width, device=raw.device))[:, None, None, :]
+        batch = torch.arange(n, device=raw.device)[:, None, None, None]
+        chan = torch.arange(channels, device=raw.device)[None, :, None, None]
+        raw = padded[batch, chan, rows, cols]
+    if recipe.flip:
+        flip = (torch.rand(n, generator=gen) < 0.5).to(raw.device)[:, None, None, None]
+        raw = torch.where(flip, raw.flip(3), raw)
+    return raw
+
+
+class FolderLoader:
+    """ImageNet-style ``train/`` and ``val/`` folders through a DataLoader with workers."""
+
+    def __init__(self, root: Path, cfg: DataConfig, recipe: Recipe, device: torch.device, train: bool, seed: int):
+        import torchvision.datasets as tvd
+        import torchvision.transforms as T
+
+        size = cfg.image_size
+        if train:
+            tf = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor()])
+        else:
+            tf = T.Compose([T.Resize(int(size * 256 / 224)), T.CenterCrop(size), T.ToTensor()])
+        self.dataset = tvd.ImageFolder(str(root / ("train" if train else "val")), transform=tf)
+        self.device = device
+        self.mean = torch.tensor(recipe.mean, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(recipe.std, device=device).view(1, -1, 1, 1)
+        self.sampler_gen = torch.Generator().manual_seed(seed)
+        self.loader = torch.utils.data.DataLoader(
+            self.dataset, batch_size=cfg.batch_size if train else cfg.eval_batch_size, shuffle=train,
+            num_workers=cfg.workers, pin_memory=device.type == "cuda", drop_last=train and cfg.drop_last,
+            persistent_workers=cfg.workers > 0, generator=self.sampler_gen,
+        )  # fmt: skip
+
+    def set_epoch(self, epoch: int) -> None:
+        pass
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for raw, y in self.loader:
+            raw = raw.to(self.device, non_blocking=True)
+            yield Batch((raw - self.mean) / self.std, y.to(self.device, non_blocking=True), raw)
+
+
+def _folder_loaders(cfg: DataConfig, device: torch.device, seed: int):
+    tried = candidate_roots(cfg, "imagenet")
+    for root in tried:
+        if (root / "train").is_dir() and (root / "val").is_dir():
+            recipe = RECIPES["imagefolder"]
+            train = FolderLoader(root, cfg, recipe, device, True, seed)
+            test = FolderLoader(root, cfg, recipe, device, False, seed)
+            info = DataInfo(len(train.dataset.classes), (3, cfg.image_size, cfg.image_size))
+            return train, test, info
+    raise not_found("imagefolder", tried, " The folder needs train/ and val/ with one subfolder per class.")
+
+
+def build_loaders(cfg: DataConfig, device: torch.device, seed: int = 0):
+    """Train loader, test loader and :class:`DataInfo` for ``cfg``."""
+    if cfg.name == "imagefolder":
+        return _folder_loaders(cfg, device, seed)
+    train, test, classes = SOURCES.get(cfg.name)(cfg)
+    if cfg.train_subset:
+        train = Split(train.images[: cfg.train_subset], train.labels[: cfg.train_subset])
+    if cfg.test_subset:
+        test = Split(test.images[: cfg.test_subset], test.labels[: cfg.test_subset])
+    recipe = RECIPES[cfg.name] if cfg.augment else _no_augment(RECIPES[cfg.name])
+    info = DataInfo(classes, tuple(train.images.shape[1:]))
+    train_loader = TensorLoader(train, recipe, cfg.batch_size, device, True, seed, cfg.drop_last)
+    test_loader = TensorLoader(test, recipe, cfg.eval_batch_size, device, False)
+    return train_loader, test_loader, info
+
+
+def _no_augment(recipe: Recipe) -> Recipe:
+    return Recipe(recipe.mean, recipe.std)

@@ -1,0 +1,1 @@
+"""Meters, JSONL, memory accounting and the console."""

@@ -1,0 +1,92 @@
+"""The console: a rich progress bar with ETA and live fields on a terminal, plain lines otherwise.
+
+The only file that imports rich.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from contextlib import contextmanager
+
+from rich.console import Console as RichConsole
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+
+def resolve_kind(kind: str) -> str:
+    if kind == "auto":
+        return "rich" if sys.stdout.isatty() else "plain"
+    return kind
+
+
+def format_fields(fields: dict) -> str:
+    parts = []
+    for key, value in fields.items():
+        if value is None:
+            continue
+        parts.append(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}")
+    return "  ".join(parts)
+
+
+class Console:
+    """Epoch progress and messages; ``kind`` is rich, plain or none."""
+
+    def __init__(self, kind: str = "auto"):
+        self.kind = resolve_kind(kind)
+        self._rich = RichConsole(highlight=False) if self.kind == "rich" else None
+
+    def print(self, message: str) -> None:
+        if self.kind == "none":
+            return
+        if self._rich:
+            self._rich.print(message)
+        else:
+            print(message, flush=True)
+
+    @contextmanager
+    def progress(self, title: str, total: int):
+        """Yields ``update(step, fields)``; rich redraws live, plain prints a line with ETA per call."""
+        if self.kind == "rich":
+            columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                       TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}")]  # fmt: skip
+            with Progress(*columns, console=self._rich, transient=False) as bar:
+                task = bar.add_task(title, total=total, info="")
+                yield lambda step, fields: bar.update(task, completed=step, info=format_fields(fields))
+            return
+        start = time.perf_counter()
+
+        def update(step: int, fields: dict) -> None:
+            if self.kind == "none" or step == 0:
+                return
+            elapsed = time.perf_counter() - start
+            eta = elapsed / step * (total - step)
+            self.print(f"{title} {step}/{total}  {format_fields(fields)}  eta {eta:.0f}s")
+
+        yield update
+
+    def table(self, title: str, columns: list[str], rows: list[list]) -> None:
+        """A small table: rich on a terminal, aligned text otherwise."""
+        if self.kind == "none":
+            return
+        if self._rich:
+            table = Table(title=title)
+            for c in columns:
+                table.add_column(c, justify="right")
+            for row in rows:
+                table.add_row(*[_cell(v) for v in row])
+            self._rich.print(table)
+            return
+        cells = [columns] + [[_cell(v) for v in row] for row in rows]
+        widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+        self.print(title)
+        for r in cells:
+            self.print("  ".join(v.rjust(w) for v, w in zip(r, widths)))
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)

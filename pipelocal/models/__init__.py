@@ -1,0 +1,12 @@
+"""Backbones as ordered units; no torch.distributed here."""
+
+from pipelocal.models import resnet_cifar, resnet_imagenet  # noqa: F401  (registration)
+from pipelocal.models.base import Backbone, Classifier, init_weights
+from pipelocal.models.registry import MODELS
+
+
+def build_backbone(name: str, depth: int, in_channels: int, num_classes: int) -> Backbone:
+    return MODELS.get(name)(depth=depth, in_channels=in_channels, num_classes=num_classes)
+
+
+__all__ = ["MODELS", "Backbone", "Classifier", "build_backbone", "init_weights"]

@@ -1,0 +1,38 @@
+"""ImageNet-style ResNet-18/34/50 (torchvision's layout), cut into units: the stem, then one per block."""
+
+from __future__ import annotations
+
+from torch import nn
+from torchvision.models import resnet
+
+from pipelocal.models.base import Backbone, Classifier, init_weights
+from pipelocal.models.registry import MODELS
+
+
+def _from_torchvision(tv: resnet.ResNet, in_channels: int, num_classes: int) -> Backbone:
+    if in_channels != 3:
+        tv.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
+    units: list[nn.Module] = [nn.Sequential(tv.conv1, tv.bn1, tv.relu, tv.maxpool)]
+    positions = [(0, 0)]
+    for stage, layer in enumerate((tv.layer1, tv.layer2, tv.layer3, tv.layer4), start=1):
+        for block_index, block in enumerate(layer):
+            units.append(block)
+            positions.append((stage, block_index))
+    net = Backbone(units, Classifier(tv.fc.in_features, num_classes), positions)
+    init_weights(net)
+    return net
+
+
+def _register(name: str, builder):
+    @MODELS.register(name)
+    def build(depth: int, in_channels: int, num_classes: int) -> Backbone:
+        del depth  # fixed by the name
+        return _from_torchvision(builder(weights=None), in_channels, num_classes)
+
+    build.__doc__ = f"torchvision {name}, units = stem + one per block."
+    return build
+
+
+resnet18 = _register("resnet18", resnet.resnet18)
+resnet34 = _register("resnet34", resnet.resnet34)
+resnet50 = _register("resnet50", resnet.resnet50)

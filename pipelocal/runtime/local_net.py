@@ -1,0 +1,79 @@
+"""A backbone cut into K local modules, each a body (consecutive units) and the head that trains it."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pipelocal.config import JobConfig
+from pipelocal.data import DataInfo
+from pipelocal.methods import METHODS, CrossEntropyHead, Head, LocalMethod, NetInfo
+from pipelocal.models import Backbone, build_backbone
+from pipelocal.split import module_ranges
+
+
+class LocalModule(nn.Module):
+    """Units ``[start, end)`` of the backbone and their head (None: trained through a later loss)."""
+
+    def __init__(self, index: int, units: list[nn.Module], head: Head | None, unit_range: tuple[int, int]):
+        super().__init__()
+        self.index = index
+        self.unit_range = unit_range
+        self.body = nn.Sequential(*units)
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+class LocalNet(nn.Module):
+    """The K local modules in order. Parameter names (``local_modules.i.body/head``) are the same in every mode."""
+
+    def __init__(self, local_modules: list[LocalModule], method: LocalMethod):
+        super().__init__()
+        self.local_modules = nn.ModuleList(local_modules)
+        self.method = method
+
+    @property
+    def num_modules(self) -> int:
+        return len(self.local_modules)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Plain inference: all bodies, then the final head's logits."""
+        for module in self.local_modules:
+            x = module(x)
+        return self.local_modules[-1].head.logits(x)
+
+
+def build_local_net(cfg: JobConfig, data: DataInfo) -> LocalNet:
+    """Build the backbone from ``train.seed``, cut it per ``split``, attach the method's heads."""
+    torch.manual_seed(cfg.train.seed)
+    backbone = build_backbone(cfg.model.name, cfg.model.depth, data.input_shape[0], data.num_classes)
+    num_modules = 1 if cfg.mode == "e2e" else cfg.split.num_modules
+    split_cfg = cfg.split if num_modules == cfg.split.num_modules else _one_module(cfg)
+    ranges = module_ranges(split_cfg, backbone.num_units, cfg.model.depth, backbone.positions)
+    return assemble(backbone, ranges, METHODS.get(cfg.method.name), cfg, data)
+
+
+def assemble(backbone: Backbone, ranges, method_cls, cfg: JobConfig, data: DataInfo) -> LocalNet:
+    shapes = backbone.unit_shapes(data.input_shape)
+    info = NetInfo(
+        num_modules=len(ranges),
+        num_classes=data.num_classes,
+        input_shape=tuple(data.input_shape),
+        module_shapes=tuple(shapes[end - 1] for _, end in ranges),
+        final_width=shapes[-1][0],
+    )
+    method = method_cls(cfg.method, info)
+    modules = []
+    for i, (start, end) in enumerate(ranges):
+        is_last = i == len(ranges) - 1
+        head = CrossEntropyHead(backbone.classifier) if is_last else method.build_head(i)
+        modules.append(LocalModule(i, list(backbone.units[start:end]), head, (start, end)))
+    return LocalNet(modules, method)
+
+
+def _one_module(cfg: JobConfig):
+    from dataclasses import replace
+
+    return replace(cfg.split, num_modules=1, boundaries=None, balance="uniform")

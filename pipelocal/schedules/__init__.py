@@ -1,0 +1,1 @@
+"""What happens when: the sequential protocol now; pipeline streaming and E2E baselines later."""

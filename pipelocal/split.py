@@ -1,0 +1,90 @@
+"""Units -> K local modules: the papers' tables, a uniform rule, or explicit boundaries (DESIGN §7).
+
+A split is data: a list of ``(start, end)`` unit ranges, end exclusive, covering every unit once.
+"""
+
+from __future__ import annotations
+
+from pipelocal.config import ConfigError, SplitConfig
+
+Range = tuple[int, int]
+
+# InfoPro's tables (METHODS §2): a module ends after each listed (stage, block) position.
+_R32 = {
+    2: [(2, 1)],
+    4: [(1, 2), (2, 1), (3, 0)],
+    8: [(1, 0), (1, 2), (1, 4), (2, 1), (2, 3), (3, 0), (3, 2)],
+    16: [(0, 0)] + [(1, b) for b in range(5)] + [(2, b) for b in range(5)] + [(3, b) for b in range(4)],
+}
+_R110 = {
+    2: [(2, 8)],
+    4: [(1, 11), (2, 7), (3, 3)],
+    8: [(1, 4), (1, 11), (2, 0), (2, 7), (2, 14), (3, 3), (3, 10)],
+    16: [(1, 1), (1, 4), (1, 7), (1, 10), (1, 13), (1, 16), (2, 1), (2, 4), (2, 7), (2, 11), (2, 15)]
+    + [(3, 1), (3, 5), (3, 9), (3, 13)],
+}
+_R110_STAR = {2: [(1, 14)], 3: [(1, 9), (2, 2)], 4: [(1, 6), (1, 14), (2, 8)]}
+
+TABLES: dict[tuple[str, int], dict[int, list[tuple[int, int]]]] = {
+    ("infopro", 32): _R32,
+    ("infopro", 110): _R110,
+    ("infopro_star", 110): _R110_STAR,
+}
+
+
+def ranges_from_boundaries(boundaries: list[int], num_units: int) -> list[Range]:
+    """Module i ends after unit ``boundaries[i]``; the last module takes the rest."""
+    ends = list(boundaries)
+    for a, b in zip(ends, ends[1:]):
+        if b <= a:
+            raise ConfigError(f"split boundaries must increase strictly, got {boundaries}")
+    if ends and (ends[0] < 0 or ends[-1] >= num_units - 1):
+        raise ConfigError(
+            f"split boundaries {boundaries} must lie in 0..{num_units - 2} (a module ends after that unit; "
+            f"the backbone has {num_units} units and the last module needs at least one)"
+        )
+    starts = [0] + [e + 1 for e in ends]
+    stops = [e + 1 for e in ends] + [num_units]
+    return list(zip(starts, stops))
+
+
+def uniform_ranges(num_units: int, num_modules: int) -> list[Range]:
+    """K runs of consecutive units, as equal in count as possible (earlier modules get the extra unit)."""
+    check_k(num_units, num_modules)
+    base, extra = divmod(num_units, num_modules)
+    sizes = [base + (1 if i < extra else 0) for i in range(num_modules)]
+    ends = [sum(sizes[: i + 1]) - 1 for i in range(num_modules - 1)]
+    return ranges_from_boundaries(ends, num_units)
+
+
+def table_ranges(
+    table: str, depth: int, num_modules: int, positions: list[tuple[int, int]]
+) -> list[Range]:
+    """The published split of ``table`` for a ResNet of ``depth`` at K = ``num_modules``."""
+    known = TABLES.get((table, depth))
+    if known is None or num_modules not in known:
+        have = sorted(f"{t} R-{d} K={k}" for (t, d), ks in TABLES.items() for k in ks)
+        raise ConfigError(
+            f"no split table '{table}' for depth {depth} at K={num_modules}; tables exist for: {', '.join(have)}. "
+            "Use split.balance=uniform or split.boundaries instead"
+        )
+    index = {pos: i for i, pos in enumerate(positions)}
+    return ranges_from_boundaries([index[pos] for pos in known[num_modules]], len(positions))
+
+
+def check_k(num_units: int, num_modules: int) -> None:
+    if num_modules > num_units:
+        raise ConfigError(
+            f"split.num_modules={num_modules} is larger than the backbone's {num_units} units; "
+            f"use at most {num_units} (or a deeper model)"
+        )
+
+
+def module_ranges(cfg: SplitConfig, num_units: int, depth: int, positions: list[tuple[int, int]]) -> list[Range]:
+    """The split the config asks for."""
+    check_k(num_units, cfg.num_modules)
+    if cfg.boundaries is not None:
+        return ranges_from_boundaries(cfg.boundaries, num_units)
+    if cfg.balance == "table":
+        return table_ranges(cfg.table, depth, cfg.num_modules, positions)
+    return uniform_ranges(num_units, cfg.num_modules)

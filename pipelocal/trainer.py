@@ -1,0 +1,122 @@
+"""The training loop of one process: epochs, learning rate, evaluation, logs. Nothing method-specific."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from pipelocal.config import JobConfig, to_dict
+from pipelocal.metrics.console import Console
+from pipelocal.metrics.jsonl import JsonlWriter
+from pipelocal.metrics.memory import SavedTensorMeter, cuda_peak_bytes, static_bytes
+from pipelocal.optim import build_optimizers, lr_at, set_lr
+from pipelocal.runtime import LocalNet
+from pipelocal.schedules.sequential import evaluate, train_step
+
+
+class Trainer:
+    """Sequential and e2e modes: ``fit()`` trains for ``train.epochs`` and returns the summary."""
+
+    def __init__(self, cfg: JobConfig, net: LocalNet, train_loader, test_loader, device, run_dir: Path,
+                 console: Console):  # fmt: skip
+        self.cfg, self.net, self.device = cfg, net.to(device), device
+        self.train_loader, self.test_loader = train_loader, test_loader
+        self.optimizers = build_optimizers(net.local_modules, cfg.optim)
+        self.meter = SavedTensorMeter(net.parameters()) if cfg.metrics.memory else None
+        self.run_dir = run_dir
+        self.log = JsonlWriter(run_dir / "metrics.jsonl")
+        self.console = console
+        self.saved_peak = [0] * net.num_modules
+        self.step = 0
+
+    def steps_per_epoch(self) -> int:
+        n = len(self.train_loader)
+        return min(n, self.cfg.train.max_steps) if self.cfg.train.max_steps else n
+
+    def train_epoch(self, epoch: int) -> dict:
+        cfg, steps = self.cfg, self.steps_per_epoch()
+        self.net.train()
+        self.train_loader.set_epoch(epoch)
+        loss_sum = None
+        samples = 0
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        start = time.perf_counter()
+        with self.console.progress(f"epoch {epoch + 1}/{cfg.train.epochs}", steps) as update:
+            for i, batch in enumerate(self.train_loader):
+                if i == steps:
+                    break
+                frac = epoch + (i / steps if cfg.optim.per_step else 0.0)
+                set_lr(self.optimizers, lr_at(frac, cfg.optim, cfg.train.epochs))
+                result = train_step(self.net, batch, self.optimizers, cfg.optim.step == "per_module", self.meter)
+                self.saved_peak = [max(a, b) for a, b in zip(self.saved_peak, result.saved_peak)]
+                losses = torch.stack(result.losses)
+                loss_sum = losses if loss_sum is None else loss_sum + losses
+                samples += len(batch)
+                self.step += 1
+                self._epoch_steps = i + 1
+                if (i + 1) % cfg.metrics.log_every == 0 or i + 1 == steps:
+                    self._log_interval(epoch, i + 1, losses, samples / (time.perf_counter() - start), update)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # timing must include queued kernels
+        seconds = time.perf_counter() - start
+        mean_losses = (loss_sum / self._epoch_steps).tolist() if loss_sum is not None else []
+        return {"train_seconds": seconds, "samples_per_s": samples / seconds, "train_loss": mean_losses}
+
+    def _log_interval(self, epoch: int, step: int, losses: torch.Tensor, rate: float, update) -> None:
+        values = losses.tolist()  # host sync, once per log interval only
+        lr = self.optimizers[0].param_groups[0]["lr"]
+        self.log.write({"kind": "interval", "epoch": epoch, "step": self.step, "lr": lr,
+                        "loss": values, "samples_per_s": rate})  # fmt: skip
+        update(step, {"loss": values[-1], "lr": lr, "samples/s": round(rate, 1)})
+
+    def fit(self) -> dict:
+        cfg = self.cfg
+        best, best_epoch, history = None, None, []
+        for epoch in range(cfg.train.epochs):
+            stats = self.train_epoch(epoch)
+            record = {"kind": "epoch", "epoch": epoch, **stats, "saved_bytes_peak": self.saved_peak}
+            if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs:
+                ev = evaluate(self.net, self.test_loader)
+                record.update(test_top1=ev["top1"], module_top1=ev["module_top1"])
+                if best is None or ev["top1"] > best:
+                    best, best_epoch = ev["top1"], epoch
+            record["cuda_peak_bytes"] = cuda_peak_bytes(self.device)
+            self.log.write(record)
+            history.append(record)
+            self.console.print(_epoch_line(record))
+        summary = self._summary(history, best, best_epoch)
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        self.log.close()
+        return summary
+
+    def _summary(self, history: list[dict], best, best_epoch) -> dict:
+        rates = sorted(h["samples_per_s"] for h in history)
+        return {
+            "mode": self.cfg.mode,
+            "method": self.cfg.method.name,
+            "num_modules": self.net.num_modules,
+            "module_units": [list(m.unit_range) for m in self.net.local_modules],
+            "final_top1": history[-1].get("test_top1"),
+            "best_top1": best,
+            "best_epoch": best_epoch,
+            "samples_per_s_median": rates[len(rates) // 2],
+            "saved_bytes_peak": self.saved_peak,
+            "saved_bytes_peak_max": max(self.saved_peak),
+            **static_bytes(self.net, self.optimizers),
+            "cuda_peak_bytes": history[-1]["cuda_peak_bytes"],
+            "device": str(self.device),
+            "torch_threads": torch.get_num_threads(),
+            "config": to_dict(self.cfg),
+        }
+
+
+def _epoch_line(record: dict) -> str:
+    acc = record.get("test_top1")
+    modules = record.get("module_top1") or []
+    probes = " ".join("-" if a is None else f"{a:.3f}" for a in modules)
+    acc_text = f"test top-1 {acc:.4f}  per-module [{probes}]" if acc is not None else "no eval"
+    return f"epoch {record['epoch'] + 1}: {acc_text}  {record['samples_per_s']:.1f} samples/s"
