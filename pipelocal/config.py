@@ -62,10 +62,13 @@ class DataConfig:
 @dataclass
 class SplitConfig:
     num_modules: int = option(4, "K, the number of gradient-isolated local modules")
-    balance: str = option("uniform", "how to place module boundaries", ("uniform", "table"))
-    table: str = option(
-        "infopro", "balance=table: InfoPro's split tables (METHODS §2)", ("infopro", "infopro_star")
+    balance: str = option(
+        "uniform",
+        "module boundaries: uniform unit counts, the papers' table, or profiled on this device to minimise the "
+        "slowest module (time) or the largest activation memory (memory), aux heads included",
+        ("uniform", "table", "time", "memory"),
     )
+    table: str = option("infopro", "balance=table: InfoPro's split tables (METHODS §2)", ("infopro", "infopro_star"))
     boundaries: list[int] | None = option(
         None, "explicit unit indices after which a module ends (K-1 of them); overrides balance"
     )
@@ -111,6 +114,21 @@ class TrainConfig:
 
 
 @dataclass
+class PipelineConfig:
+    queue_depth: int = option(2, "batches a stage may send ahead of the next stage's consumption (bounded buffer)")
+    stage_order: str = option(
+        "interleaved",
+        "several modules on a stage: interleaved (each module's backward before the next forward: one graph "
+        "alive) or forward_first (all forwards, send, then backwards: sends sooner)",
+        ("interleaved", "forward_first"),
+    )
+    modules_per_stage: list[int] | None = option(None, "modules on each stage (P numbers summing to K); default even")
+    timeout_s: float = option(300.0, "process-group timeout: a stuck peer surfaces as an error after this long")
+    threads: int = option(1, "CPU threads per stage process (0: torch's default)")
+    live_every: int = option(0, "rank 0 redraws the all-stage table every N steps (0: metrics.log_every)")
+
+
+@dataclass
 class MetricsConfig:
     out_dir: str = option("runs", "parent folder of run directories")
     run_name: str | None = option(None, "run directory name (default: <mode>-<method>-<time>)")
@@ -121,13 +139,14 @@ class MetricsConfig:
 
 @dataclass
 class JobConfig:
-    mode: str = option("sequential", "execution mode (DESIGN §2)", ("sequential", "e2e"))
+    mode: str = option("sequential", "execution mode (DESIGN §2)", ("sequential", "e2e", "pipeline"))
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def validate(self) -> JobConfig:
@@ -149,6 +168,13 @@ class JobConfig:
 
         if self.method.name not in METHODS:
             raise ConfigError(f"method.name='{self.method.name}' is unknown; registered: {', '.join(METHODS.names())}")
+        if self.mode == "pipeline" and METHODS.get(self.method.name).span_all:
+            raise ConfigError(
+                f"mode=pipeline streams local methods (span 1); method.name='{self.method.name}' spans every module. "
+                "Use mode=e2e (or the ddp/gpipe/1f1b baselines) for end-to-end training"
+            )
+        if self.pipeline.queue_depth < 1:
+            raise ConfigError(f"pipeline.queue_depth={self.pipeline.queue_depth} must be at least 1")
         if self.mode == "e2e" and self.method.name != "e2e":
             raise ConfigError(
                 f"mode=e2e trains with plain backprop but method.name='{self.method.name}'; "
@@ -287,7 +313,9 @@ def _check_choices(node: Any, prefix: str) -> None:
         if dataclasses.is_dataclass(value):
             _check_choices(value, f"{prefix}{f.name}.")
         elif f.metadata.get("choices") and value not in f.metadata["choices"]:
-            raise ConfigError(f"{prefix}{f.name}={value!r} is not allowed; choose one of {', '.join(f.metadata['choices'])}")
+            raise ConfigError(
+                f"{prefix}{f.name}={value!r} is not allowed; choose one of {', '.join(f.metadata['choices'])}"
+            )
 
 
 def _positive(cfg: JobConfig, keys: list[str]) -> None:

@@ -106,8 +106,10 @@ def _read_idx(path: Path) -> np.ndarray:
 
 
 def _idx_dataset(name: str, cfg: DataConfig, subdirs: list[str], torchvision_cls: str, extra: str = ""):
-    files = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-             "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}  # fmt: skip
+    files = {
+        "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+        "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+    }
     if cfg.download:
         import torchvision.datasets as tvd
 
@@ -137,7 +139,9 @@ def _first_existing(folder: Path, stem: str) -> Path | None:
 
 @SOURCES.register("fashion_mnist")
 def fashion_mnist(cfg: DataConfig):
-    hint = "\nOn Debian/Ubuntu: sudo apt-get install dataset-fashion-mnist (files in /usr/share/datasets/fashion-mnist)."
+    hint = (
+        "\nOn Debian/Ubuntu: sudo apt-get install dataset-fashion-mnist (files in /usr/share/datasets/fashion-mnist)."
+    )
     return _idx_dataset("fashion_mnist", cfg, ["fashion-mnist", "FashionMNIST/raw"], "FashionMNIST", hint)
 
 
@@ -207,8 +211,16 @@ def synthetic(cfg: DataConfig):
 class TensorLoader:
     """Shuffled batches from an in-memory uint8 split, augmented and normalised on ``device``."""
 
-    def __init__(self, split: Split, recipe: Recipe, batch_size: int, device: torch.device, train: bool,
-                 seed: int = 0, drop_last: bool = False):  # fmt: skip
+    def __init__(
+        self,
+        split: Split,
+        recipe: Recipe,
+        batch_size: int,
+        device: torch.device,
+        train: bool,
+        seed: int = 0,
+        drop_last: bool = False,
+    ):
         self.images = split.images.to(device)
         self.labels = split.labels.to(device)
         self.recipe = recipe
@@ -220,6 +232,10 @@ class TensorLoader:
         self.epoch = 0
         self.mean = torch.tensor(recipe.mean, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(recipe.std, device=device).view(1, -1, 1, 1)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.labels)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -277,10 +293,19 @@ class FolderLoader:
         self.std = torch.tensor(recipe.std, device=device).view(1, -1, 1, 1)
         self.sampler_gen = torch.Generator().manual_seed(seed)
         self.loader = torch.utils.data.DataLoader(
-            self.dataset, batch_size=cfg.batch_size if train else cfg.eval_batch_size, shuffle=train,
-            num_workers=cfg.workers, pin_memory=device.type == "cuda", drop_last=train and cfg.drop_last,
-            persistent_workers=cfg.workers > 0, generator=self.sampler_gen,
-        )  # fmt: skip
+            self.dataset,
+            batch_size=cfg.batch_size if train else cfg.eval_batch_size,
+            shuffle=train,
+            num_workers=cfg.workers,
+            pin_memory=device.type == "cuda",
+            drop_last=train and cfg.drop_last,
+            persistent_workers=cfg.workers > 0,
+            generator=self.sampler_gen,
+        )
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.dataset)
 
     def set_epoch(self, epoch: int) -> None:
         pass

@@ -1,6 +1,6 @@
 """Entry point: parse config -> set up the device -> build data and model -> train -> summarise.
 
-    python -m pipelocal.run --config configs/fmnist_infopro_k4.yaml --train.epochs=1
+python -m pipelocal.run --config configs/fmnist_infopro_k4.yaml --train.epochs=1
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import argparse
 import os
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -17,6 +18,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from pipelocal.config import ConfigError, dump_yaml, help_text, load_config
 from pipelocal.data import DatasetNotFoundError, build_loaders
 from pipelocal.metrics.console import Console
+from pipelocal.pipeline import run_pipeline
 from pipelocal.runtime import build_local_net
 from pipelocal.trainer import Trainer
 
@@ -73,27 +75,51 @@ def train(cfg) -> dict:
     run_dir = make_run_dir(cfg)
     dump_yaml(cfg, run_dir / "config.yaml")
     ranges = ", ".join(f"{m.index}:{list(m.unit_range)}" for m in net.local_modules)
-    console.print(f"{cfg.mode} | {cfg.method.name} | {cfg.model.name}-{cfg.model.depth} | K={net.num_modules} "
-                  f"units {ranges} | {cfg.data.name} | {device} | run dir {run_dir}")  # fmt: skip
+    console.print(
+        f"{cfg.mode} | {cfg.method.name} | {cfg.model.name}-{cfg.model.depth} | K={net.num_modules} "
+        f"units {ranges} | {cfg.data.name} | {device} | run dir {run_dir}"
+    )
     summary = Trainer(cfg, net, train_loader, test_loader, device, run_dir, console).fit()
-    rows = [[i, str(list(m.unit_range)), summary["saved_bytes_peak"][i] / 2**20] for i, m in enumerate(net.local_modules)]
+    rows = [
+        [i, str(list(m.unit_range)), summary["saved_bytes_peak"][i] / 2**20] for i, m in enumerate(net.local_modules)
+    ]
     console.table("per-module peak saved activations (MiB)", ["module", "units", "MiB"], rows)
     best, final = summary["best_top1"], summary["final_top1"]
-    console.print(f"final test top-1 {final:.4f} | best test top-1 {best:.4f} (epoch {summary['best_epoch'] + 1}) | "
-                  f"{summary['samples_per_s_median']:.1f} samples/s (median epoch)")  # fmt: skip
+    console.print(
+        f"final test top-1 {final:.4f} | best test top-1 {best:.4f} (epoch {summary['best_epoch'] + 1}) | "
+        f"{summary['samples_per_s_median']:.1f} samples/s (median epoch)"
+    )
     return summary
 
 
 @record
 def main(argv: list[str] | None = None) -> int:
-    try:
-        cfg = parse_args(sys.argv[1:] if argv is None else argv)
+    """Parse, then run the mode; exceptions propagate to torchrun's ``record`` (error file, summary)."""
+    cfg = parse_args(sys.argv[1:] if argv is None else argv)
+    if cfg.mode == "pipeline":
+        run_pipeline(cfg, make_run_dir)
+    else:
         train(cfg)
-    except (ConfigError, DatasetNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     return 0
 
 
+def cli(argv: list[str] | None = None) -> int:
+    """Exit codes: 0 done, 2 bad config or data, 1 anything else. A failing stage names itself and exits
+    at once, without collective clean-up, which could hang on a dead peer (DESIGN §6)."""
+    stage = f" on stage {os.environ['RANK']}" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+    try:
+        return main(argv)
+    except (ConfigError, DatasetNotFoundError) as err:
+        print(f"error{stage}: {err}", file=sys.stderr, flush=True)
+        code = 2
+    except Exception as err:
+        traceback.print_exc()
+        print(f"error{stage}: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+        code = 1
+    if torch.distributed.is_initialized():
+        os._exit(code)
+    return code
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

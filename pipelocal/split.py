@@ -57,9 +57,7 @@ def uniform_ranges(num_units: int, num_modules: int) -> list[Range]:
     return ranges_from_boundaries(ends, num_units)
 
 
-def table_ranges(
-    table: str, depth: int, num_modules: int, positions: list[tuple[int, int]]
-) -> list[Range]:
+def table_ranges(table: str, depth: int, num_modules: int, positions: list[tuple[int, int]]) -> list[Range]:
     """The published split of ``table`` for a ResNet of ``depth`` at K = ``num_modules``."""
     known = TABLES.get((table, depth))
     if known is None or num_modules not in known:
@@ -88,3 +86,21 @@ def module_ranges(cfg: SplitConfig, num_units: int, depth: int, positions: list[
     if cfg.balance == "table":
         return table_ranges(cfg.table, depth, cfg.num_modules, positions)
     return uniform_ranges(num_units, cfg.num_modules)
+
+
+def stage_ranges(num_modules: int, num_stages: int, modules_per_stage: list[int] | None = None) -> list[Range]:
+    """K modules -> P stages of consecutive modules: ``modules_per_stage`` if given, else as even as possible."""
+    if num_stages > num_modules:
+        raise ConfigError(
+            f"{num_stages} stages but split.num_modules={num_modules}: every stage needs a module; "
+            f"set --split.num_modules={num_stages} (or more), or start fewer processes"
+        )
+    if modules_per_stage is None:
+        return uniform_ranges(num_modules, num_stages)
+    if len(modules_per_stage) != num_stages or sum(modules_per_stage) != num_modules or min(modules_per_stage) < 1:
+        raise ConfigError(
+            f"pipeline.modules_per_stage={modules_per_stage} must give each of the {num_stages} stages at least one "
+            f"module and sum to split.num_modules={num_modules}"
+        )
+    ends = [sum(modules_per_stage[: i + 1]) - 1 for i in range(num_stages - 1)]
+    return ranges_from_boundaries(ends, num_modules)

@@ -20,8 +20,9 @@ from pipelocal.schedules.sequential import evaluate, train_step
 class Trainer:
     """Sequential and e2e modes: ``fit()`` trains for ``train.epochs`` and returns the summary."""
 
-    def __init__(self, cfg: JobConfig, net: LocalNet, train_loader, test_loader, device, run_dir: Path,
-                 console: Console):  # fmt: skip
+    def __init__(
+        self, cfg: JobConfig, net: LocalNet, train_loader, test_loader, device, run_dir: Path, console: Console
+    ):
         self.cfg, self.net, self.device = cfg, net.to(device), device
         self.train_loader, self.test_loader = train_loader, test_loader
         self.optimizers = build_optimizers(net.local_modules, cfg.optim)
@@ -69,8 +70,9 @@ class Trainer:
     def _log_interval(self, epoch: int, step: int, losses: torch.Tensor, rate: float, update) -> None:
         values = losses.tolist()  # host sync, once per log interval only
         lr = self.optimizers[0].param_groups[0]["lr"]
-        self.log.write({"kind": "interval", "epoch": epoch, "step": self.step, "lr": lr,
-                        "loss": values, "samples_per_s": rate})  # fmt: skip
+        self.log.write(
+            {"kind": "interval", "epoch": epoch, "step": self.step, "lr": lr, "loss": values, "samples_per_s": rate}
+        )
         update(step, {"loss": values[-1], "lr": lr, "samples/s": round(rate, 1)})
 
     def fit(self) -> dict:

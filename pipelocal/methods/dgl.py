@@ -20,7 +20,12 @@ def mlp_sr(channels: int, spatial: int, num_classes: int) -> nn.Sequential:
     for _ in range(2):
         mlp += [nn.Linear(flat, flat, bias=False), nn.BatchNorm1d(flat), nn.ReLU(inplace=True)]
     net = nn.Sequential(
-        nn.AdaptiveAvgPool2d(first), *convs, nn.AdaptiveAvgPool2d(second), nn.Flatten(), *mlp, nn.Linear(flat, num_classes)
+        nn.AdaptiveAvgPool2d(first),
+        *convs,
+        nn.AdaptiveAvgPool2d(second),
+        nn.Flatten(),
+        *mlp,
+        nn.Linear(flat, num_classes),
     )
     init_weights(net)
     return net

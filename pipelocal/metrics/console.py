@@ -10,6 +10,7 @@ import time
 from contextlib import contextmanager
 
 from rich.console import Console as RichConsole
+from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -35,6 +36,7 @@ class Console:
     def __init__(self, kind: str = "auto"):
         self.kind = resolve_kind(kind)
         self._rich = RichConsole(highlight=False) if self.kind == "rich" else None
+        self._live = None
 
     def print(self, message: str) -> None:
         if self.kind == "none":
@@ -48,8 +50,15 @@ class Console:
     def progress(self, title: str, total: int):
         """Yields ``update(step, fields)``; rich redraws live, plain prints a line with ETA per call."""
         if self.kind == "rich":
-            columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                       TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}")]  # fmt: skip
+            columns = [
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("eta"),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[info]}"),
+            ]
             with Progress(*columns, console=self._rich, transient=False) as bar:
                 task = bar.add_task(title, total=total, info="")
                 yield lambda step, fields: bar.update(task, completed=step, info=format_fields(fields))
@@ -64,6 +73,28 @@ class Console:
             self.print(f"{title} {step}/{total}  {format_fields(fields)}  eta {eta:.0f}s")
 
         yield update
+
+    def stage_table(self, title: str, rows: list[list]) -> None:
+        """The all-stage table (pipeline mode): redrawn in place on a terminal, plain lines otherwise."""
+        columns = ["stage", "samples/s", "util", "wait recv", "wait send", "staleness", "loss", "saved MiB"]
+        if self.kind != "rich":
+            for row in rows:
+                self.print(f"{title} | " + "  ".join(f"{c} {_cell(v)}" for c, v in zip(columns, row)))
+            return
+        table = Table(title=title)
+        for c in columns:
+            table.add_column(c, justify="right")
+        for row in rows:
+            table.add_row(*[_cell(v) for v in row])
+        if self._live is None:
+            self._live = Live(table, console=self._rich, auto_refresh=False)
+            self._live.start()
+        self._live.update(table, refresh=True)
+
+    def close(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
 
     def table(self, title: str, columns: list[str], rows: list[list]) -> None:
         """A small table: rich on a terminal, aligned text otherwise."""

@@ -31,7 +31,9 @@ class BasicBlock(nn.Module):
 
 
 def stem(in_channels: int, width: int = 16) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)
+    )
 
 
 @MODELS.register("cifar_resnet")

@@ -1,0 +1,120 @@
+"""Train a list of configs to completion and tabulate final/best test top-1, samples/s and memory.
+
+    python benchmarks/accuracy.py configs/fmnist/{e2e,greedy_k4,dgl_k4,infopro_k4}.yaml --set train.epochs=3
+
+Each config runs in its own process (``python -m pipelocal.run``), one after the other, with the same
+overrides; the table, JSON, CSV and a PNG land under benchmarks/results/<hardware>-<date>/accuracy/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common import hardware, results_dir, write_outputs
+
+COLUMNS = [
+    "config",
+    "method",
+    "K",
+    "final top-1",
+    "best top-1 (epoch)",
+    "samples/s",
+    "peak saved MiB (max module)",
+    "saved MiB per module",
+    "minutes",
+]
+
+
+def run_one(config: str, overrides: list[str], run_root: Path) -> dict:
+    name = Path(config).stem
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipelocal.run",
+        "--config",
+        config,
+        *overrides,
+        f"--metrics.out_dir={run_root}",
+        f"--metrics.run_name={name}",
+        "--metrics.console=plain",
+    ]
+    print("$", shlex.join(cmd), flush=True)
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True)
+    summary = json.loads((run_root / name / "summary.json").read_text())
+    summary["minutes"] = (time.perf_counter() - start) / 60
+    summary["command"] = shlex.join(cmd)
+    return summary
+
+
+def row(config: str, s: dict) -> list:
+    mib = [round(b / 2**20, 1) for b in s["saved_bytes_peak"]]
+    best = f"{s['best_top1']:.4f} ({s['best_epoch'] + 1})"
+    return [
+        Path(config).stem,
+        s["method"],
+        s["num_modules"],
+        s["final_top1"],
+        best,
+        round(s["samples_per_s_median"], 1),
+        max(mib),
+        " / ".join(map(str, mib)),
+        round(s["minutes"], 1),
+    ]
+
+
+def plot(folder: Path, rows: list[list]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r[0] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    axes[0].bar(names, [r[3] for r in rows])
+    axes[0].set_title("final test top-1")
+    axes[0].set_ylim(min(r[3] for r in rows) - 0.05, 1.0)
+    axes[1].bar(names, [r[5] for r in rows])
+    axes[1].set_title("train samples/s (median epoch)")
+    axes[2].bar(names, [r[6] for r in rows])
+    axes[2].set_title("peak saved activations, MiB (largest module)")
+    for ax in axes:
+        ax.tick_params(axis="x", rotation=30)
+    fig.suptitle(f"pipelocal accuracy benchmark on {hardware()}")
+    fig.tight_layout()
+    fig.savefig(folder / "accuracy.png", dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("configs", nargs="+")
+    parser.add_argument("--set", nargs="*", default=[], help="overrides for every config, as section.key=value")
+    parser.add_argument("--out", help="results folder (default: benchmarks/results/<hardware>-<date>/accuracy)")
+    args = parser.parse_args()
+    folder = results_dir("accuracy", args.out)
+    overrides = [f"--{kv}" for kv in args.set]
+    summaries = [run_one(c, overrides, folder / "runs") for c in args.configs]
+    rows = [row(c, s) for c, s in zip(args.configs, summaries)]
+    header = (
+        f"# Accuracy, throughput and memory per method\n\nhardware: {hardware()}, torch threads: "
+        f"{summaries[0]['torch_threads']}, device: {summaries[0]['device']}"
+        f"\n\noverrides: {' '.join(args.set) or 'none'}"
+        "\n\ncommand:\n\n    python benchmarks/accuracy.py "
+        + " ".join(args.configs)
+        + (" --set " + " ".join(args.set) if args.set else "")
+        + "\n\nbest top-1 is the best over evaluated epochs (what the papers report); final is the last epoch's."
+        " samples/s is the median over epochs of training samples per second (evaluation excluded)."
+    )
+    meta = {"hardware": hardware(), "summaries": summaries}
+    print(write_outputs(folder, "accuracy", COLUMNS, rows, meta, header))
+    plot(folder, rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""What every benchmark shares: the hardware line, the results folder, and table/JSON/CSV/PNG writers."""
+
+from __future__ import annotations
+
+import csv
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def hardware() -> str:
+    """A short, file-name-safe description of the device the benchmark ran on."""
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name(0)
+        return f"{torch.cuda.device_count()}x{name}".replace(" ", "-")
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cores = len(__import__("os").sched_getaffinity(0))
+    return f"cpu-{cores}core-" + "".join(c if c.isalnum() else "-" for c in cpu).strip("-")[:40]
+
+
+def results_dir(name: str, out: str | None = None) -> Path:
+    folder = Path(out) if out else RESULTS / f"{hardware()}-{time.strftime('%Y-%m-%d')}" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def markdown_table(columns: list[str], rows: list[list]) -> str:
+    def cell(v):
+        return "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_outputs(folder: Path, stem: str, columns: list[str], rows: list[list], meta: dict, header: str) -> str:
+    """Write <stem>.md (header + table), .json (meta + rows) and .csv; return the markdown."""
+    text = header.rstrip() + "\n\n" + markdown_table(columns, rows) + "\n"
+    (folder / f"{stem}.md").write_text(text)
+    (folder / f"{stem}.json").write_text(json.dumps({**meta, "columns": columns, "rows": rows}, indent=2))
+    with (folder / f"{stem}.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        writer.writerows(rows)
+    return text

@@ -1,0 +1,86 @@
+"""Distributed set-up and teardown: backend choice, device, timeouts, and the channels' process groups.
+
+One code path: NCCL on ``cuda:local_rank`` when CUDA is available, gloo on CPU otherwise. The groups
+are created in the same order on every rank (DESIGN §4, Channels):
+
+- ``forward``: activations downstream (the backend's p2p);
+- ``backward``: gradients upstream (guidance, cascades);
+- ``control``: gloo, collectives for start-up, epoch-end metrics and evaluation results;
+- ``stats``: gloo, point-to-point live metrics to rank 0 (kept apart from ``control`` because gloo
+  collectives number their tags from 0 too, and p2p tags must not collide with them).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from pipelocal.config import ConfigError
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Where this process sits: stage ``stage_index`` of ``num_stages``, on ``device``."""
+
+    stage_index: int
+    num_stages: int
+    local_rank: int
+    device: torch.device
+    backend: str
+
+    @property
+    def is_first_stage(self) -> bool:
+        return self.stage_index == 0
+
+    @property
+    def is_last_stage(self) -> bool:
+        return self.stage_index == self.num_stages - 1
+
+
+@dataclass(frozen=True)
+class Groups:
+    forward: dist.ProcessGroup
+    backward: dist.ProcessGroup
+    control: dist.ProcessGroup
+    stats: dist.ProcessGroup
+
+
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def init_distributed(timeout_s: float) -> tuple[Topology, Groups]:
+    """Join the job torchrun started; fail at start-up (not at the first send) when the setup is wrong."""
+    if not launched_by_torchrun():
+        raise ConfigError(
+            "mode=pipeline runs one process per stage: start it with torchrun, e.g. "
+            "torchrun --nproc_per_node=4 -m pipelocal.run --mode=pipeline"
+        )
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    timeout = timedelta(seconds=timeout_s)
+    if torch.cuda.is_available():
+        device, backend = torch.device("cuda", local_rank), "nccl"
+        torch.cuda.set_device(device)
+        # device_id makes NCCL form its communicator eagerly, so a bad setup fails here.
+        dist.init_process_group(backend, timeout=timeout, device_id=device)
+    else:
+        device, backend = torch.device("cpu"), "gloo"
+        dist.init_process_group(backend, timeout=timeout)
+    groups = Groups(
+        forward=dist.new_group(backend=backend, timeout=timeout),
+        backward=dist.new_group(backend=backend, timeout=timeout),
+        control=dist.new_group(backend="gloo", timeout=timeout),
+        stats=dist.new_group(backend="gloo", timeout=timeout),
+    )
+    return Topology(rank, world, local_rank, device, backend), groups
+
+
+def destroy_distributed() -> None:
+    """Clean teardown after a successful run only; a failing stage exits without collectives (DESIGN §6)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,339 @@
+"""The pipeline job (mode=pipeline): one process per stage under torchrun, activations streamed forward.
+
+Start-up (collectives, before any data moves): stage 0 reads the dataset and names the run directory,
+and every rank learns the numbers it needs; every rank builds the same LocalNet from the same seed
+and keeps its stage; adjacent stages agree on the tensors they exchange (handshake). Then each stage
+runs :class:`~pipelocal.schedules.stream.StageLoop`. Metrics are gathered to rank 0 at epoch ends,
+where evaluation drains the pipeline anyway; live figures travel off the hot path (metrics/live.py).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from pipelocal.config import JobConfig, dump_yaml, to_dict
+from pipelocal.data import build_loaders
+from pipelocal.distributed.setup import Groups, Topology, destroy_distributed, init_distributed
+from pipelocal.distributed.transport import Expected, Kind, Receiver, Sender, check_header, decode_header, encode_header
+from pipelocal.metrics.console import Console
+from pipelocal.metrics.jsonl import JsonlWriter
+from pipelocal.metrics.live import LiveCollector, LiveReporter
+from pipelocal.metrics.memory import cuda_peak_bytes
+from pipelocal.runtime import build_local_net
+from pipelocal.runtime.stage import Stage
+from pipelocal.schedules.sequential import accuracies
+from pipelocal.schedules.stream import Plan, StageLoop, StageStats, expectations, link_metas
+from pipelocal.split import stage_ranges
+
+
+def run_pipeline(cfg: JobConfig, make_run_dir) -> dict | None:
+    """Run this rank's stage to the end; rank 0 returns the summary, the others None."""
+    topo, groups = init_distributed(cfg.pipeline.timeout_s)
+    if topo.device.type == "cpu" and cfg.pipeline.threads:
+        torch.set_num_threads(cfg.pipeline.threads)
+    torch.use_deterministic_algorithms(cfg.train.deterministic)
+    console = Console(cfg.metrics.console if topo.is_first_stage else "none")
+    loaders, setup = None, {}
+    if topo.is_first_stage:
+        train_loader, test_loader, info = build_loaders(cfg.data, topo.device, cfg.train.seed)
+        loaders = (train_loader, test_loader)
+        run_dir = make_run_dir(cfg)
+        dump_yaml(cfg, run_dir / "config.yaml")
+        setup = {
+            "info": info,
+            "train_len": train_loader.num_samples,
+            "test_len": test_loader.num_samples,
+            "run_dir": str(run_dir),
+        }
+    box = [setup]
+    dist.broadcast_object_list(box, src=0, group=groups.control)
+    setup = box[0]
+    loop, stage = build_stage_loop(cfg, topo, groups, setup, loaders)
+    console.print(describe(cfg, topo, stage, setup))
+    summary = train_stages(cfg, topo, groups, loop, console, Path(setup["run_dir"]))
+    torch.save(stage.state_dict(), Path(setup["run_dir"]) / f"stage{topo.stage_index}.pt")
+    dist.barrier(group=groups.control)
+    destroy_distributed()
+    return summary
+
+
+def build_stage_loop(cfg: JobConfig, topo: Topology, groups: Groups, setup: dict, loaders):
+    """This rank's stage, its links to the neighbours (after the handshake), and its loop."""
+    info = setup["info"]
+    net = build_local_net(cfg, info)
+    ranges = stage_ranges(net.num_modules, topo.num_stages, cfg.pipeline.modules_per_stage)
+    s, num_modules = topo.stage_index, net.num_modules
+    stage = Stage(net, ranges[s], cfg, topo.device)
+    plan = Plan.build(cfg, setup["train_len"], setup["test_len"])
+    shapes = net.method.info.module_shapes
+    context_shapes = {"raw": tuple(info.input_shape)}
+
+    def context_into(j: int) -> dict:
+        """Batch fields stage j or a later one reads: they must flow into stage j."""
+        needed = any(ranges[k][0] < num_modules - 1 for k in range(j, topo.num_stages))
+        return {n: context_shapes[n] for n in net.method.needs} if needed else {}
+
+    receiver = sender = sender_metas = None
+    context_out: dict = {}
+    if not topo.is_first_stage:
+        metas = link_metas(plan, shapes[ranges[s][0] - 1], context_into(s))
+        receiver_metas = metas
+    if not topo.is_last_stage:
+        context_out = context_into(s + 1)
+        sender_metas = link_metas(plan, stage.output_shape, context_out)
+    handshake(topo, groups, sender_metas, receiver_metas if not topo.is_first_stage else None, plan.batch_size)
+    if not topo.is_first_stage:
+        receiver = Receiver(
+            groups.forward,
+            s - 1,
+            s,
+            expectations(plan, receiver_metas),
+            cfg.pipeline.queue_depth,
+            topo.device,
+            max(plan.batch_size, plan.eval_batch_size),
+        )
+    if not topo.is_last_stage:
+        sender = Sender(
+            groups.forward, s, s + 1, cfg.pipeline.queue_depth, max(plan.batch_size, plan.eval_batch_size), topo.device
+        )
+    loop = StageLoop(cfg, stage, plan, s, receiver, sender, sender_metas, tuple(context_out), loaders)
+    return loop, stage
+
+
+def handshake(topo: Topology, groups: Groups, out_metas, in_metas, rows: int) -> None:
+    """Stage s tells s+1 what it will send; s+1 checks it against what it expects (fail at start-up)."""
+    s, device = topo.stage_index, topo.device
+    works, incoming = [], None
+    if in_metas is not None:
+        incoming = torch.empty(
+            len(encode_header(Kind.DATA, -1, 0, in_metas[Kind.DATA], torch.zeros(0), rows)),
+            dtype=torch.int64,
+            device=device,
+        )
+        works.append(dist.irecv(incoming, s - 1, group=groups.forward))
+    if out_metas is not None:
+        outgoing = encode_header(Kind.DATA, -1, 0, out_metas[Kind.DATA], torch.zeros(0), rows).to(device)
+        works.append(dist.isend(outgoing, s + 1, group=groups.forward))
+    for work in works:
+        work.wait()
+    if incoming is not None:
+        check_header(decode_header(incoming), Expected(Kind.DATA, -1, 0, in_metas[Kind.DATA]), s - 1, s)
+
+
+def describe(cfg: JobConfig, topo: Topology, stage: Stage, setup: dict) -> str:
+    return (
+        f"pipeline | {cfg.method.name} | {cfg.model.name}-{cfg.model.depth} | K={stage.method.info.num_modules} "
+        f"P={topo.num_stages} | queue depth {cfg.pipeline.queue_depth} | {cfg.data.name} | {topo.backend} on "
+        f"{topo.device.type} | run dir {setup['run_dir']}"
+    )
+
+
+# ------------------------------------------------------------------------------------------ epochs
+
+
+def train_stages(cfg: JobConfig, topo: Topology, groups: Groups, loop: StageLoop, console: Console, run_dir: Path):
+    coordinator = topo.is_first_stage
+    collector = LiveCollector(groups.stats, topo.num_stages) if coordinator else None
+    reporter = None if coordinator else LiveReporter(groups.stats)
+    log = JsonlWriter(run_dir / "metrics.jsonl") if coordinator else None
+    every = cfg.pipeline.live_every or cfg.metrics.log_every
+    loop.on_step = _live_hook(loop, every, collector, reporter, console, topo.stage_index)
+    history, best = [], None
+    for epoch in range(cfg.train.epochs):
+        stats = loop.train_epoch(epoch)
+        if epoch in loop.plan.eval_epochs:
+            loop.evaluate(stats)
+        stats_obj = {**stats.__dict__, "compute_s": stats.compute_s, "cuda_peak_bytes": cuda_peak_bytes(topo.device)}
+        gathered = [None] * topo.num_stages if coordinator else None
+        dist.gather_object(stats_obj, gathered, dst=0, group=groups.control)  # epoch end: the pipeline is drained
+        if coordinator:
+            record = epoch_record(epoch, gathered)
+            if record.get("test_top1") is not None and (best is None or record["test_top1"] > best[0]):
+                best = (record["test_top1"], epoch)
+            log.write(record)
+            history.append(record)
+            console.stage_table(f"epoch {epoch + 1}/{cfg.train.epochs}", stage_rows(record))
+            console.print(epoch_line(record))
+    loop.stop()
+    if reporter is not None:
+        reporter.report({"stage": topo.stage_index}, final=True)
+    if collector is not None:
+        collector.drain()
+        log.close()
+        console.close()
+        summary = summarise(cfg, history, best, run_dir, topo)
+        report(summary, console)
+        return summary
+    return None
+
+
+def report(summary: dict, console: Console) -> None:
+    """The closing lines of the main job: accuracy, then per-stage throughput, utilisation and memory."""
+    rows = [
+        [
+            s["stage"],
+            round(s["samples_per_s_median"], 1),
+            round(s["utilisation_median"], 3),
+            round(s["recv_wait_frac_median"], 3),
+            round(s["send_wait_frac_median"], 3),
+            round(s["compute_s_per_step_median"] * 1e3, 1),
+            s["staleness_max"],
+            round(max(s["saved_bytes_peak"] or [0]) / 2**20, 1),
+            None if s["cuda_peak_bytes"] is None else round(s["cuda_peak_bytes"] / 2**20, 1),
+        ]
+        for s in summary["stages"]
+    ]
+    console.table(
+        "per-stage medians over epochs",
+        [
+            "stage",
+            "samples/s",
+            "util",
+            "wait recv",
+            "wait send",
+            "compute ms/step",
+            "max staleness",
+            "saved MiB",
+            "CUDA peak MiB",
+        ],
+        rows,
+    )
+    final, best = summary["final_top1"], summary["best_top1"]
+    console.print(
+        f"final test top-1 {final:.4f} | best test top-1 {best:.4f} (epoch {summary['best_epoch'] + 1}) | "
+        f"{summary['samples_per_s_median']:.1f} samples/s at the last stage (median epoch)"
+    )
+
+
+def _live_hook(loop, every: int, collector, reporter, console: Console, stage_index: int):
+    import time
+
+    def hook(epoch, step, steps, stats: StageStats, losses, start, waits):
+        if step % every and step != steps:
+            return
+        elapsed = time.perf_counter() - start
+        recv, send = loop._waits()
+        row = {
+            "stage": stage_index,
+            "epoch": epoch,
+            "step": step,
+            "steps": steps,
+            "samples_per_s": stats.samples / elapsed,
+            "recv_wait_frac": (recv - waits[0]) / elapsed,
+            "send_wait_frac": (send - waits[1]) / elapsed,
+            "staleness": statistics.fmean(stats.staleness) if stats.staleness else 0.0,
+            "loss": losses[-1].item() if len(losses) else 0.0,  # host sync, once per interval only
+            "saved_mib": max(stats.saved_peak or [0]) / 2**20,
+        }
+        row["compute_frac"] = 1 - row["recv_wait_frac"] - row["send_wait_frac"]
+        if reporter is not None:
+            reporter.report(row)
+            return
+        latest = {0: row, **collector.poll()}
+        console.stage_table(f"epoch {epoch + 1} step {step}/{steps}", [_live_row(latest[k]) for k in sorted(latest)])
+
+    return hook
+
+
+def _live_row(r: dict) -> list:
+    return [
+        int(r["stage"]),
+        round(r["samples_per_s"], 1),
+        round(r["compute_frac"], 3),
+        round(r["recv_wait_frac"], 3),
+        round(r["send_wait_frac"], 3),
+        round(r["staleness"], 2),
+        round(r["loss"], 4),
+        round(r["saved_mib"], 1),
+    ]
+
+
+def epoch_record(epoch: int, gathered: list[dict]) -> dict:
+    stages = []
+    for g in gathered:
+        wall = max(g["wall_s"], 1e-9)
+        stages.append(
+            {
+                "stage": g["stage"],
+                "samples_per_s": g["samples"] / wall,
+                "utilisation": g["compute_s"] / wall,
+                "recv_wait_frac": g["recv_wait_s"] / wall,
+                "send_wait_frac": g["send_wait_s"] / wall,
+                "compute_s_per_step": g["compute_s"] / max(g["steps"], 1),
+                "staleness_mean": statistics.fmean(g["staleness"]) if g["staleness"] else 0.0,
+                "staleness_max": max(g["staleness"]) if g["staleness"] else 0,
+                "loss": g["loss"],
+                "saved_bytes_peak": g["saved_peak"],
+                "cuda_peak_bytes": g["cuda_peak_bytes"],
+                "wall_s": g["wall_s"],
+            }
+        )
+    record = {"kind": "epoch", "epoch": epoch, "stages": stages, "samples_per_s": stages[-1]["samples_per_s"]}
+    if gathered[0]["correct"]:
+        correct = [c for g in gathered for c in g["correct"]]
+        acc = accuracies(correct, gathered[-1]["eval_samples"])
+        record.update(test_top1=acc["top1"], module_top1=acc["module_top1"])
+    return record
+
+
+def stage_rows(record: dict) -> list[list]:
+    return [
+        [
+            s["stage"],
+            round(s["samples_per_s"], 1),
+            round(s["utilisation"], 3),
+            round(s["recv_wait_frac"], 3),
+            round(s["send_wait_frac"], 3),
+            round(s["staleness_mean"], 2),
+            round(s["loss"][-1], 4) if s["loss"] else None,
+            round(max(s["saved_bytes_peak"] or [0]) / 2**20, 1),
+        ]
+        for s in record["stages"]
+    ]
+
+
+def epoch_line(record: dict) -> str:
+    acc = record.get("test_top1")
+    probes = " ".join("-" if a is None else f"{a:.3f}" for a in record.get("module_top1") or [])
+    text = f"test top-1 {acc:.4f}  per-module [{probes}]" if acc is not None else "no eval"
+    return f"epoch {record['epoch'] + 1}: {text}  {record['samples_per_s']:.1f} samples/s (last stage)"
+
+
+def summarise(cfg: JobConfig, history: list[dict], best, run_dir: Path, topo: Topology) -> dict:
+    per_stage = []
+    for s in range(topo.num_stages):
+        rows = [h["stages"][s] for h in history]
+        per_stage.append(
+            {
+                "stage": s,
+                "samples_per_s_median": statistics.median(r["samples_per_s"] for r in rows),
+                "utilisation_median": statistics.median(r["utilisation"] for r in rows),
+                "recv_wait_frac_median": statistics.median(r["recv_wait_frac"] for r in rows),
+                "send_wait_frac_median": statistics.median(r["send_wait_frac"] for r in rows),
+                "compute_s_per_step_median": statistics.median(r["compute_s_per_step"] for r in rows),
+                "staleness_max": max(r["staleness_max"] for r in rows),
+                "saved_bytes_peak": [max(v) for v in zip(*[r["saved_bytes_peak"] for r in rows])],
+                "cuda_peak_bytes": rows[-1]["cuda_peak_bytes"],
+            }
+        )
+    summary = {
+        "mode": "pipeline",
+        "method": cfg.method.name,
+        "num_stages": topo.num_stages,
+        "num_modules": cfg.split.num_modules,
+        "final_top1": history[-1].get("test_top1"),
+        "best_top1": best[0] if best else None,
+        "best_epoch": best[1] if best else None,
+        "samples_per_s_median": statistics.median(h["samples_per_s"] for h in history),
+        "stages": per_stage,
+        "device": topo.device.type,
+        "backend": topo.backend,
+        "config": to_dict(cfg),
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

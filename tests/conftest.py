@@ -1,0 +1,33 @@
+"""Shared helpers: tiny, deterministic configs that run in seconds on 2 CPU cores."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipelocal.config import load_config
+
+
+def tiny_config(*overrides: str, tmp_path=None):
+    """Synthetic 3x16x16 data, ResNet-8 (4 units), one thread; overrides as --key=value."""
+    base = [
+        "--data.name=synthetic",
+        "--data.synthetic_shape=[3, 16, 16]",
+        "--data.synthetic_train=512",
+        "--data.synthetic_test=256",
+        "--data.batch_size=64",
+        "--data.eval_batch_size=256",
+        "--model.depth=8",
+        "--split.num_modules=2",
+        "--train.epochs=1",
+        "--metrics.console=none",
+    ]
+    if tmp_path is not None:
+        base.append(f"--metrics.out_dir={tmp_path}")
+    return load_config(None, base + list(overrides))
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+    yield

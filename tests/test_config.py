@@ -1,0 +1,84 @@
+from pathlib import Path
+
+import pytest
+
+from pipelocal.config import ConfigError, JobConfig, help_text, load_config
+
+CONFIGS = sorted(Path(__file__).resolve().parent.parent.joinpath("configs").rglob("*.yaml"))
+
+
+def test_defaults_validate():
+    cfg = JobConfig().validate()
+    assert cfg.mode == "sequential" and cfg.split.num_modules == 4
+
+
+def test_override_casting():
+    cfg = load_config(
+        None, ["--train.epochs=7", "--optim.lr=1", "--optim.nesterov=false", "--method.lambdas=[5,1,0,0]"]
+    )
+    assert cfg.train.epochs == 7 and isinstance(cfg.optim.lr, float) and cfg.optim.lr == 1.0
+    assert cfg.optim.nesterov is False
+    assert cfg.method.lambdas == [5.0, 1.0, 0.0, 0.0]
+
+
+def test_cli_beats_yaml_beats_defaults(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train: {epochs: 5, seed: 3}\n")
+    cfg = load_config(path, ["--train.epochs=9"])
+    assert (cfg.train.epochs, cfg.train.seed, cfg.optim.momentum) == (9, 3, 0.9)
+
+
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("--train.epoch=2", ["unknown key 'train.epoch'", "train.epochs"]),
+        ("--trian.epochs=2", ["unknown key 'trian'", "train"]),
+        ("--train.epochs=two", ["train.epochs", "integer"]),
+        ("--optim.step=sometimes", ["optim.step", "per_batch", "per_module"]),
+        ("--model.depth=21", ["6n+2"]),
+        ("--method.name=nope", ["nope", "dgl", "e2e", "greedy", "infopro"]),
+        ("--mode=e2e", ["method.name=e2e"]),
+        ("--split.boundaries=[1]", ["split.boundaries", "needs 3"]),
+        ("train.epochs=2", ["--section.key=value"]),
+    ],
+)
+def test_bad_input_names_the_key_and_the_fix(override, words):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_yaml_unknown_key(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data: {batchsize: 3}\n")
+    with pytest.raises(ConfigError, match="data.batch_size"):
+        load_config(path)
+
+
+def test_help_lists_every_section():
+    text = help_text()
+    for section in ("model", "data", "split", "method", "optim", "train", "metrics"):
+        assert f"\n{section}:" in text
+    assert "--optim.step" in text and "per_module" in text
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_shipped_configs_validate(path):
+    load_config(path)
+
+
+def test_there_are_shipped_configs():
+    names = {p.name for p in CONFIGS}
+    assert "default.yaml" in names and len(names) >= 10
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_shipped_configs_build(path):
+    from pipelocal.data import DataInfo
+    from pipelocal.runtime import build_local_net
+
+    cfg = load_config(path)
+    shape = {"cifar10": (3, 32, 32), "fashion_mnist": (1, 28, 28)}[cfg.data.name]
+    net = build_local_net(cfg, DataInfo(10, shape))
+    assert net.num_modules == (1 if cfg.mode == "e2e" else cfg.split.num_modules)
