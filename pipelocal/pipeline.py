@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from pipelocal.checkpoint import save_stage
 from pipelocal.config import JobConfig, dump_yaml, to_dict
 from pipelocal.data import build_loaders
 from pipelocal.distributed.setup import Groups, Topology, destroy_distributed, init_distributed
@@ -56,7 +57,7 @@ def run_pipeline(cfg: JobConfig, make_run_dir) -> dict | None:
     loop, stage = build_stage_loop(cfg, topo, groups, setup, loaders)
     console.print(describe(cfg, topo, stage, setup))
     summary = train_stages(cfg, topo, groups, loop, console, Path(setup["run_dir"]))
-    torch.save(stage.state_dict(), Path(setup["run_dir"]) / f"stage{topo.stage_index}.pt")
+    save_stage(stage.state_dict(), Path(setup["run_dir"]), topo.stage_index)
     dist.barrier(group=groups.control)
     destroy_distributed()
     return summary

@@ -39,6 +39,18 @@ class WireError(RuntimeError):
     """A received message is not what the protocol says it must be; names both stages."""
 
 
+class PeerError(RuntimeError):
+    """A neighbour stage died or stopped answering (connection closed, or the process-group timeout)."""
+
+
+def _wait(works, what: str) -> None:
+    try:
+        for work in works:
+            work.wait()
+    except RuntimeError as err:
+        raise PeerError(f"{what}: {type(err).__name__}: {err}".strip()) from err
+
+
 @dataclass(frozen=True)
 class TensorMeta:
     dtype: torch.dtype
@@ -153,8 +165,7 @@ class Sender:
     def _wait_oldest(self) -> None:
         start = time.perf_counter()
         works, _ = self._outstanding.popleft()
-        for work in works:
-            work.wait()
+        _wait(works, f"stage {self.src} could not send to stage {self.dst} (dead or stuck?)")
         self.wait_s += time.perf_counter() - start
 
     def flush(self) -> None:
@@ -193,6 +204,7 @@ class Receiver:
                 torch.empty(m.shape, dtype=m.dtype, device=self.device) for m in expected.metas
             ]
         buffers = ring[slot]
+        buffers[0][0] = 0  # kind 0 = "not arrived yet"; see arrived()
         works = [dist.irecv(b, self.src, group=self.group) for b in buffers]
         self._posted.append((self._next_post, buffers, works))
         self._next_post += 1
@@ -204,11 +216,22 @@ class Receiver:
         """
         index, buffers, works = self._posted.popleft()
         start = time.perf_counter()
-        for work in works:
-            work.wait()
+        _wait(works, f"stage {self.dst} got no message {index} from stage {self.src} (dead or stuck?)")
         self.wait_s += time.perf_counter() - start
         header = decode_header(buffers[0])
         check_header(header, self.plan[index], self.src, self.dst)
-        staleness = sum(1 for _, _, w in self._posted if all(x.is_completed() for x in w))
+        staleness = sum(1 for _, b, w in self._posted if _arrived(b[0], w[0]))
         self._post()
         return header, [b[: header.valid] for b in buffers[1:]], staleness
+
+
+def _arrived(header: torch.Tensor, work) -> bool:
+    """Has this posted header landed? For staleness only, never for correctness.
+
+    NCCL's ``is_completed`` is exact. gloo's point-to-point ``is_completed`` only turns true inside
+    ``wait()`` (pytorch/pytorch#30723), but gloo writes into the CPU buffer as the bytes arrive, and a
+    header's kind is never 0: a non-zero kind word means the producer has sent that step.
+    """
+    if header.device.type == "cpu":
+        return work.is_completed() or int(header[0]) != 0
+    return work.is_completed()

@@ -1,12 +1,16 @@
 """Live per-stage metrics to rank 0 without a collective on the hot path (DESIGN §4, No stalls).
 
-Every other rank ``isend``s a small float64 vector to rank 0 on the ``stats`` group, and only when its
-previous report has been delivered: it never waits. Rank 0 keeps one receive posted per rank and reads
-whatever has arrived when it redraws. The last report of each rank is marked final, so that at the end
-no send or receive is left unmatched.
+Each rank > 0 has a reporter thread that sends the newest row (a float64 vector) to rank 0 on the
+``stats`` group; the training loop only drops the row into a one-slot mailbox, so it never waits and
+older rows are simply replaced. Rank 0 has one receiving thread per rank keeping the newest row.
+Threads are needed because gloo's point-to-point ``Work.is_completed()`` only turns true inside
+``wait()`` (pytorch/pytorch#30723, #41428), so there is no polling from the loop itself. Each rank's
+last row is marked final, so at the end no send or receive is left unmatched.
 """
 
 from __future__ import annotations
+
+import threading
 
 import torch
 import torch.distributed as dist
@@ -27,53 +31,62 @@ FIELDS = (
 )
 
 
+def _row(values: dict, final: bool) -> torch.Tensor:
+    return torch.tensor([float(values.get(f, 0.0)) for f in FIELDS[:-1]] + [float(final)], dtype=torch.float64)
+
+
 class LiveReporter:
-    """On ranks > 0: report when the previous report is through, else skip."""
+    """On ranks > 0: ``report`` never blocks, except the final one, which waits until rank 0 has it."""
 
     def __init__(self, group):
         self.group = group
-        self._work = None
-        self._buffer = None
+        self._slot: torch.Tensor | None = None
+        self._ready = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="live-reporter", daemon=True)
+        self._thread.start()
 
     def report(self, values: dict, final: bool = False) -> None:
-        if self._work is not None:
-            if not final and not self._work.is_completed():
-                return  # rank 0 has not read the last one yet: skip rather than wait
-            self._work.wait()
-        self._buffer = torch.tensor(
-            [float(values.get(f, 0.0)) for f in FIELDS[:-1]] + [float(final)], dtype=torch.float64
-        )
-        self._work = dist.isend(self._buffer, 0, group=self.group)
+        with self._ready:
+            self._slot = _row(values, final)
+            self._ready.notify()
         if final:
-            self._work.wait()
+            self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._ready:
+                self._ready.wait_for(lambda: self._slot is not None)
+                row, self._slot = self._slot, None
+            dist.isend(row, 0, group=self.group).wait()
+            if row[-1]:
+                return
 
 
 class LiveCollector:
-    """On rank 0: the newest report of every stage."""
+    """On rank 0: the newest row of every other stage, kept by one receiving thread per rank."""
 
     def __init__(self, group, num_stages: int):
         self.group = group
         self.latest: dict[int, dict] = {}
-        self._buffers = {r: torch.zeros(len(FIELDS), dtype=torch.float64) for r in range(1, num_stages)}
-        self._works = {r: dist.irecv(b, r, group=group) for r, b in self._buffers.items()}
+        self._threads = [
+            threading.Thread(target=self._run, args=(r,), name=f"live-{r}", daemon=True) for r in range(1, num_stages)
+        ]
+        for t in self._threads:
+            t.start()
 
     def poll(self) -> dict[int, dict]:
-        for rank, work in list(self._works.items()):
-            if work.is_completed():
-                self._read(rank)
-        return self.latest
+        return dict(self.latest)
 
     def drain(self) -> None:
-        """Wait for every rank's final report."""
-        while self._works:
-            rank, work = next(iter(self._works.items()))
-            work.wait()
-            self._read(rank)
+        """Wait for every rank's final row."""
+        for t in self._threads:
+            t.join()
 
-    def _read(self, rank: int) -> None:
-        row = dict(zip(FIELDS, self._buffers[rank].tolist()))
-        self.latest[rank] = row
-        if row["final"]:
-            del self._works[rank]
-        else:
-            self._works[rank] = dist.irecv(self._buffers[rank], rank, group=self.group)
+    def _run(self, rank: int) -> None:
+        buffer = torch.zeros(len(FIELDS), dtype=torch.float64)
+        while True:
+            dist.irecv(buffer, rank, group=self.group).wait()
+            row = dict(zip(FIELDS, buffer.tolist()))
+            self.latest[rank] = row
+            if row["final"]:
+                return

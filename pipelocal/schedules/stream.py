@@ -9,6 +9,7 @@ Evaluation streams the test set the same way under no_grad. Every rank derives t
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -119,6 +120,7 @@ class StageLoop:
         self.step = 0  # training steps done, across epochs (= DATA message step)
         self._eval_step = 0
         self._staleness = 0
+        self._fault = injected_fault(stage_index)
         self.on_step = None  # hook(epoch, step, steps, stats, losses, start, waits), for live metrics
 
     # ------------------------------------------------------------------------------------ inputs
@@ -153,6 +155,8 @@ class StageLoop:
         loss_sum, waits = None, self._waits()
         start = time.perf_counter()
         for i in range(steps):
+            if self._fault and self._fault[0] == self.step:
+                _inject(self._fault[1], self.stage_index, self.step)
             set_lr(
                 stage.optimizers, lr_at(epoch + (i / steps if cfg.optim.per_step else 0.0), cfg.optim, cfg.train.epochs)
             )
@@ -206,6 +210,21 @@ class StageLoop:
         if self.sender is not None:
             self.sender.send(Kind.STOP, 0, 0, [], torch.zeros(0, dtype=torch.long), ())
             self.sender.flush()
+
+
+def injected_fault(stage_index: int) -> tuple[int, str] | None:
+    """Test hook: ``PIPELOCAL_INJECT_FAULT=stage:step:raise|hang`` makes that stage fail at that step."""
+    spec = os.environ.get("PIPELOCAL_INJECT_FAULT")
+    if not spec:
+        return None
+    stage, step, kind = spec.split(":")
+    return (int(step), kind) if int(stage) == stage_index else None
+
+
+def _inject(kind: str, stage_index: int, step: int) -> None:
+    if kind == "hang":
+        time.sleep(10**6)
+    raise RuntimeError(f"injected fault on stage {stage_index} at step {step} (PIPELOCAL_INJECT_FAULT)")
 
 
 def _pad(t: torch.Tensor, rows: int, copy: bool = False) -> torch.Tensor:

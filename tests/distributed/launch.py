@@ -1,0 +1,45 @@
+"""Run pipelocal under torchrun from a test: a real multi-process job on gloo/CPU."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+TINY = [
+    "--data.name=synthetic",
+    "--data.synthetic_shape=[3,16,16]",
+    "--data.synthetic_train=320",
+    "--data.synthetic_test=100",
+    "--data.batch_size=32",
+    "--data.eval_batch_size=50",
+    "--model.depth=8",
+    "--train.epochs=1",
+    "--train.max_steps=5",
+    "--train.deterministic=true",
+    "--metrics.console=plain",
+    "--pipeline.timeout_s=20",
+]
+
+
+def torchrun(nproc: int, *args: str, env: dict | None = None, timeout: float = 120):
+    """Returns (completed process, seconds). Output is captured; the job gets a fresh port."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        "--standalone",
+        "--max-restarts=0",
+        "-m",
+        "pipelocal.run",
+        *args,
+    ]
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    start = time.perf_counter()
+    out = subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
+    return out, time.perf_counter() - start

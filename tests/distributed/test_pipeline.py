@@ -1,0 +1,98 @@
+"""Invariant 1 (pipeline = sequential), the main job, and STOP/partial batches, as real torchrun jobs."""
+
+import json
+
+import pytest
+import torch
+
+from pipelocal.checkpoint import load_merged
+from pipelocal.data import build_loaders
+from pipelocal.optim import build_optimizers
+from pipelocal.runtime import build_local_net
+from pipelocal.schedules.sequential import train_step
+from tests.conftest import tiny_config
+from tests.distributed.launch import TINY, torchrun
+
+
+def sequential_state(overrides: list[str]) -> dict:
+    """The same job in sequential mode, in this process, for the same steps."""
+    cfg = tiny_config(*TINY, *overrides, "--mode=sequential")
+    torch.use_deterministic_algorithms(True)
+    loader, _, info = build_loaders(cfg.data, torch.device("cpu"), cfg.train.seed)
+    net = build_local_net(cfg, info)
+    opts = build_optimizers(net.local_modules, cfg.optim)
+    from pipelocal.optim import lr_at, set_lr
+
+    steps = min(len(loader), cfg.train.max_steps)
+    for i, batch in enumerate(loader):
+        if i == steps:
+            break
+        set_lr(opts, lr_at(i / steps, cfg.optim, cfg.train.epochs))
+        train_step(net, batch, opts, cfg.optim.step == "per_module")
+    return net.state_dict()
+
+
+CASES = [
+    # (method, processes, K, queue depth, extra)
+    ("greedy", 2, 2, 1, []),
+    ("greedy", 2, 2, 4, []),
+    ("dgl", 2, 2, 2, ["--optim.step=per_module"]),
+    ("infopro", 2, 2, 1, []),
+    ("infopro", 2, 2, 2, []),
+    ("infopro", 2, 2, 4, []),
+    ("infopro", 4, 4, 1, []),
+    ("dgl", 4, 4, 4, []),
+    ("greedy", 4, 4, 2, []),
+    ("infopro", 2, 4, 2, []),
+    ("dgl", 2, 4, 1, ["--pipeline.stage_order=forward_first"]),
+]
+
+
+@pytest.mark.parametrize(
+    "method, nproc, k, depth, extra", CASES, ids=[f"{c[0]}-P{c[1]}-K{c[2]}-q{c[3]}" for c in CASES]
+)
+def test_pipeline_equals_sequential(tmp_path, method, nproc, k, depth, extra):
+    overrides = [f"--method.name={method}", f"--split.num_modules={k}", f"--pipeline.queue_depth={depth}", *extra]
+    out, _ = torchrun(
+        nproc, *TINY, "--mode=pipeline", *overrides, f"--metrics.out_dir={tmp_path}", "--metrics.run_name=p"
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    piped = load_merged(tmp_path / "p")
+    reference = sequential_state(overrides)
+    assert piped.keys() == reference.keys()
+    for name, value in reference.items():
+        assert torch.allclose(piped[name].float(), value.float(), atol=1e-5, rtol=1e-4), name
+
+
+def test_partial_last_batch_and_stop(tmp_path):
+    """330 samples in batches of 32: the last batch has 10 rows, padded on the wire; eval has a partial batch too."""
+    out, _ = torchrun(
+        2,
+        *TINY,
+        "--mode=pipeline",
+        "--data.synthetic_train=330",
+        "--train.max_steps=100",
+        "--train.epochs=2",
+        "--data.synthetic_test=130",
+        f"--metrics.out_dir={tmp_path}",
+        "--metrics.run_name=p",
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads((tmp_path / "p" / "summary.json").read_text())
+    assert summary["final_top1"] is not None and len(summary["stages"]) == 2
+    lines = [json.loads(x) for x in (tmp_path / "p" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [0, 1]
+    assert "final test top-1" in out.stdout
+
+
+def test_sequential_mode_under_torchrun_is_an_error(tmp_path):
+    out, _ = torchrun(2, *TINY, "--mode=sequential", f"--metrics.out_dir={tmp_path}")
+    assert out.returncode != 0 and "torchrun started 2" in out.stderr
+
+
+def test_pipeline_without_torchrun_is_an_error():
+    from pipelocal.config import ConfigError
+    from pipelocal.distributed.setup import init_distributed
+
+    with pytest.raises(ConfigError, match="torchrun --nproc_per_node"):
+        init_distributed(5)
