@@ -26,6 +26,7 @@ from pipelocal.metrics.jsonl import JsonlWriter
 from pipelocal.metrics.live import LiveCollector, LiveReporter
 from pipelocal.metrics.memory import cuda_peak_bytes
 from pipelocal.runtime import build_local_net
+from pipelocal.runtime.profile import split_for
 from pipelocal.runtime.stage import Stage
 from pipelocal.schedules.sequential import accuracies
 from pipelocal.schedules.stream import Plan, StageLoop, StageStats, expectations, link_metas
@@ -45,11 +46,14 @@ def run_pipeline(cfg: JobConfig, make_run_dir) -> dict | None:
         loaders = (train_loader, test_loader)
         run_dir = make_run_dir(cfg)
         dump_yaml(cfg, run_dir / "config.yaml")
+        ranges, split_line = split_for(cfg, info, topo.device)  # profiled once, here, so every rank agrees
+        console.print(split_line)
         setup = {
             "info": info,
             "train_len": train_loader.num_samples,
             "test_len": test_loader.num_samples,
             "run_dir": str(run_dir),
+            "ranges": ranges,
         }
     box = [setup]
     dist.broadcast_object_list(box, src=0, group=groups.control)
@@ -66,7 +70,7 @@ def run_pipeline(cfg: JobConfig, make_run_dir) -> dict | None:
 def build_stage_loop(cfg: JobConfig, topo: Topology, groups: Groups, setup: dict, loaders):
     """This rank's stage, its links to the neighbours (after the handshake), and its loop."""
     info = setup["info"]
-    net = build_local_net(cfg, info)
+    net = build_local_net(cfg, info, setup["ranges"])
     ranges = stage_ranges(net.num_modules, topo.num_stages, cfg.pipeline.modules_per_stage)
     s, num_modules = topo.stage_index, net.num_modules
     stage = Stage(net, ranges[s], cfg, topo.device)

@@ -20,6 +20,7 @@ from pipelocal.data import DatasetNotFoundError, build_loaders
 from pipelocal.metrics.console import Console
 from pipelocal.pipeline import run_pipeline
 from pipelocal.runtime import build_local_net
+from pipelocal.runtime.profile import split_for
 from pipelocal.trainer import Trainer
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
@@ -71,7 +72,9 @@ def train(cfg) -> dict:
     device = pick_device(cfg.train.device)
     console = Console(cfg.metrics.console)
     train_loader, test_loader, info = build_loaders(cfg.data, device, cfg.train.seed)
-    net = build_local_net(cfg, info)
+    ranges, split_line = split_for(cfg, info, device)
+    console.print(split_line)
+    net = build_local_net(cfg, info, ranges)
     run_dir = make_run_dir(cfg)
     dump_yaml(cfg, run_dir / "config.yaml")
     ranges = ", ".join(f"{m.index}:{list(m.unit_range)}" for m in net.local_modules)

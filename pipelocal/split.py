@@ -104,3 +104,42 @@ def stage_ranges(num_modules: int, num_stages: int, modules_per_stage: list[int]
         )
     ends = [sum(modules_per_stage[: i + 1]) - 1 for i in range(num_stages - 1)]
     return ranges_from_boundaries(ends, num_modules)
+
+
+def balanced_ranges(unit_cost: list[float], head_cost: list[float], num_modules: int) -> list[Range]:
+    """Contiguous K-way split of the units minimising the costliest module (dynamic programming, O(K n^2)).
+
+    A module over units ``[a, b)`` costs ``sum(unit_cost[a:b]) + head_cost[b - 1]``: its units plus the head
+    that sits on its last unit (for the last module, the classifier, ``head_cost[-1]``).
+    """
+    n = len(unit_cost)
+    check_k(n, num_modules)
+    prefix = [0.0]
+    for c in unit_cost:
+        prefix.append(prefix[-1] + c)
+
+    def cost(a: int, b: int) -> float:
+        return prefix[b] - prefix[a] + head_cost[b - 1]
+
+    inf = float("inf")
+    # best[k][b]: the smallest max-cost of splitting units [0, b) into k modules; cut[k][b]: where the last starts
+    best = [[inf] * (n + 1) for _ in range(num_modules + 1)]
+    cut = [[0] * (n + 1) for _ in range(num_modules + 1)]
+    best[0][0] = 0.0
+    for k in range(1, num_modules + 1):
+        for b in range(k, n + 1):
+            for a in range(k - 1, b):
+                value = max(best[k - 1][a], cost(a, b))
+                if value < best[k][b]:
+                    best[k][b], cut[k][b] = value, a
+    ends, b = [], n
+    for k in range(num_modules, 0, -1):
+        a = cut[k][b]
+        ends.append(a - 1)
+        b = a
+    return ranges_from_boundaries(sorted(ends)[1:], n)
+
+
+def module_costs(ranges: list[Range], unit_cost: list[float], head_cost: list[float]) -> list[float]:
+    """The predicted cost of each module of a split (same model as :func:`balanced_ranges`)."""
+    return [sum(unit_cost[a:b]) + head_cost[b - 1] for a, b in ranges]

@@ -45,13 +45,17 @@ class LocalNet(nn.Module):
         return self.local_modules[-1].head.logits(x)
 
 
-def build_local_net(cfg: JobConfig, data: DataInfo) -> LocalNet:
-    """Build the backbone from ``train.seed``, cut it per ``split``, attach the method's heads."""
+def build_local_net(cfg: JobConfig, data: DataInfo, ranges: list[tuple[int, int]] | None = None) -> LocalNet:
+    """Build the backbone from ``train.seed``, cut it into ``ranges`` (default: per ``split``; profiled
+    balancing is decided by the caller, see runtime/profile.py), attach the method's heads."""
     torch.manual_seed(cfg.train.seed)
     backbone = build_backbone(cfg.model.name, cfg.model.depth, data.input_shape[0], data.num_classes)
-    num_modules = 1 if cfg.mode == "e2e" else cfg.split.num_modules
-    split_cfg = cfg.split if num_modules == cfg.split.num_modules else _one_module(cfg)
-    ranges = module_ranges(split_cfg, backbone.num_units, cfg.model.depth, backbone.positions)
+    if cfg.mode == "e2e":
+        ranges = [(0, backbone.num_units)]
+    elif ranges is None:
+        if cfg.split.balance in ("time", "memory") and cfg.split.boundaries is None:
+            raise ValueError("split.balance=time|memory needs ranges from runtime.profile.plan_split")
+        ranges = module_ranges(cfg.split, backbone.num_units, cfg.model.depth, backbone.positions)
     return assemble(backbone, ranges, METHODS.get(cfg.method.name), cfg, data)
 
 
@@ -71,9 +75,3 @@ def assemble(backbone: Backbone, ranges, method_cls, cfg: JobConfig, data: DataI
         head = CrossEntropyHead(backbone.classifier) if is_last else method.build_head(i)
         modules.append(LocalModule(i, list(backbone.units[start:end]), head, (start, end)))
     return LocalNet(modules, method)
-
-
-def _one_module(cfg: JobConfig):
-    from dataclasses import replace
-
-    return replace(cfg.split, num_modules=1, boundaries=None, balance="uniform")

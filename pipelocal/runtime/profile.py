@@ -1,0 +1,122 @@
+"""Profile every unit with the aux head it would carry, on the real device, for ``split.balance: time|memory``.
+
+For unit u, "its head" is the method's head as if a module ended after u (the classifier for the last
+unit). Time is forward + local loss + backward, median of a few repeats at the training batch size;
+memory is the peak bytes saved for backward. AugLocal-style heads are costly: that is why they count.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, replace
+
+import torch
+
+from pipelocal.config import JobConfig
+from pipelocal.data import Batch, DataInfo
+from pipelocal.methods import METHODS, CrossEntropyHead, NetInfo
+from pipelocal.metrics.memory import SavedTensorMeter
+from pipelocal.models import build_backbone
+from pipelocal.split import balanced_ranges, module_costs, module_ranges
+
+
+@dataclass
+class UnitProfile:
+    unit_s: list[float]
+    head_s: list[float]
+    unit_bytes: list[float]
+    head_bytes: list[float]
+
+
+def profile_units(cfg: JobConfig, data: DataInfo, device: torch.device, repeats: int = 5) -> UnitProfile:
+    torch.manual_seed(cfg.train.seed)
+    backbone = build_backbone(cfg.model.name, cfg.model.depth, data.input_shape[0], data.num_classes).to(device)
+    shapes = backbone.unit_shapes(data.input_shape)
+    n, k = backbone.num_units, cfg.split.num_modules
+    rows = cfg.data.batch_size
+    raw = torch.rand(rows, *data.input_shape, device=device)
+    batch = Batch(raw, torch.randint(0, data.num_classes, (rows,), device=device), raw)
+    prof = UnitProfile([], [], [], [])
+    x = batch.x
+    for u, unit in enumerate(backbone.units):
+        head = CrossEntropyHead(backbone.classifier) if u == n - 1 else _head_at(cfg, data, shapes, u, n, k)
+        head = head.to(device) if head is not None else None
+        t_unit, b_unit, t_head, b_head, x = _measure(unit, head, x, batch, device, repeats)
+        prof.unit_s.append(t_unit)
+        prof.unit_bytes.append(b_unit)
+        prof.head_s.append(t_head)
+        prof.head_bytes.append(b_head)
+    return prof
+
+
+def _head_at(cfg: JobConfig, data: DataInfo, shapes, unit: int, num_units: int, num_modules: int):
+    """The head a module ending at ``unit`` would get, with the index that module would likely have (for
+    per-module schedules such as InfoPro's λ)."""
+    index = min(round(unit / max(num_units - 1, 1) * (num_modules - 1)), num_modules - 2)
+    info = NetInfo(num_modules, data.num_classes, tuple(data.input_shape), (shapes[unit],) * num_modules, shapes[-1][0])
+    return METHODS.get(cfg.method.name)(cfg.method, info).build_head(max(index, 0))
+
+
+def _measure(unit, head, x, batch, device, repeats):
+    """(unit seconds, unit bytes, head seconds, head bytes, unit output) for one unit and its head."""
+    meter = SavedTensorMeter(list(unit.parameters()) + (list(head.parameters()) if head else []))
+    unit_times, head_times = [], []
+    for i in range(repeats + 2):  # two warm-up passes
+        xi = x.detach().requires_grad_(True)
+        start = _now(device)
+        meter.reset_peak()
+        with meter.hooks():
+            h = unit(xi)
+        h.sum().backward()
+        mid = _now(device)
+        unit_bytes = meter.peak
+        meter.reset_peak()
+        head_bytes = 0
+        if head is not None:
+            with meter.hooks():
+                loss = head(h.detach(), batch)["loss"]
+            head_bytes = meter.peak
+            loss.backward()
+        end = _now(device)
+        if i >= 2:
+            unit_times.append(mid - start)
+            head_times.append(end - mid)
+    return statistics.median(unit_times), unit_bytes, statistics.median(head_times), head_bytes, h.detach()
+
+
+def _now(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # a sync point, on purpose: we are timing kernels
+    return time.perf_counter()
+
+
+def plan_split(cfg: JobConfig, data: DataInfo, device: torch.device, num_units: int, positions) -> tuple[list, str]:
+    """The module ranges the config asks for, and a line describing the choice (with predicted costs)."""
+    if cfg.split.boundaries is not None or cfg.split.balance in ("uniform", "table"):
+        ranges = module_ranges(cfg.split, num_units, cfg.model.depth, positions)
+        return ranges, f"split ({cfg.split.balance if cfg.split.boundaries is None else 'boundaries'}): {ranges}"
+    prof = profile_units(cfg, data, device)
+    if cfg.split.balance == "time":
+        unit_cost, head_cost, unit = prof.unit_s, prof.head_s, "ms"
+        scale = 1e3
+    else:
+        unit_cost, head_cost, unit = prof.unit_bytes, prof.head_bytes, "MiB"
+        scale = 1 / 2**20
+    ranges = balanced_ranges(unit_cost, head_cost, cfg.split.num_modules)
+    costs = [round(c * scale, 1) for c in module_costs(ranges, unit_cost, head_cost)]
+    uniform = module_ranges(replace(cfg.split, balance="uniform"), num_units, cfg.model.depth, positions)
+    uniform_costs = [round(c * scale, 1) for c in module_costs(uniform, unit_cost, head_cost)]
+    return ranges, (
+        f"split (balance={cfg.split.balance}, profiled on {device}): {ranges}, predicted per-module {unit} "
+        f"{costs} (uniform {uniform} would be {uniform_costs})"
+    )
+
+
+def split_for(cfg: JobConfig, data: DataInfo, device: torch.device) -> tuple[list | None, str]:
+    """``plan_split`` for the configured backbone (None: e2e, one module)."""
+    if cfg.mode == "e2e":
+        return None, "split: one module (e2e)"
+    torch.manual_seed(cfg.train.seed)
+    backbone = build_backbone(cfg.model.name, cfg.model.depth, data.input_shape[0], data.num_classes)
+    return plan_split(cfg, data, device, backbone.num_units, backbone.positions)
