@@ -276,6 +276,7 @@ def epoch_record(epoch: int, gathered: list[dict]) -> dict:
                 "saved_bytes_peak": g["saved_peak"],
                 "cuda_peak_bytes": g["cuda_peak_bytes"],
                 "wall_s": g["wall_s"],
+                "log_frac": g["log_s"] / wall,
             }
         )
     record = {"kind": "epoch", "epoch": epoch, "stages": stages, "samples_per_s": stages[-1]["samples_per_s"]}
@@ -324,6 +325,7 @@ def summarise(cfg: JobConfig, history: list[dict], best, run_dir: Path, topo: To
                 "staleness_max": max(r["staleness_max"] for r in rows),
                 "saved_bytes_peak": [max(v) for v in zip(*[r["saved_bytes_peak"] for r in rows])],
                 "cuda_peak_bytes": rows[-1]["cuda_peak_bytes"],
+                "log_frac_median": statistics.median(r["log_frac"] for r in rows),
             }
         )
     summary = {

@@ -75,10 +75,15 @@ def test_there_are_shipped_configs():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_shipped_configs_build(path):
+    import torch
+
     from pipelocal.data import DataInfo
     from pipelocal.runtime import build_local_net
+    from pipelocal.runtime.profile import split_for
 
-    cfg = load_config(path)
+    cfg = load_config(path, ["--data.batch_size=16"])  # profiling (balance: time) on a small batch
     shape = {"cifar10": (3, 32, 32), "fashion_mnist": (1, 28, 28)}[cfg.data.name]
-    net = build_local_net(cfg, DataInfo(10, shape))
+    info = DataInfo(10, shape)
+    ranges, _ = split_for(cfg, info, torch.device("cpu"))
+    net = build_local_net(cfg, info, ranges)
     assert net.num_modules == (1 if cfg.mode == "e2e" else cfg.split.num_modules)

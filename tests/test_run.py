@@ -26,7 +26,7 @@ def test_unknown_method_exits_nonzero_and_lists_the_registered_ones():
 
 
 def test_missing_dataset_is_a_clear_error(tmp_path):
-    out = _run("--data.name=svhn", f"--data.root={tmp_path}", f"--metrics.out_dir={tmp_path}")
+    out = _run("--mode=sequential", "--data.name=svhn", f"--data.root={tmp_path}", f"--metrics.out_dir={tmp_path}")
     assert out.returncode != 0 and "dataset 'svhn' not found" in out.stderr and str(tmp_path) in out.stderr
 
 
@@ -46,3 +46,8 @@ def test_a_shipped_config_runs(tmp_path):
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert "final test top-1" in out.stdout and "best test top-1" in out.stdout
+
+
+def test_default_job_without_torchrun_says_how_to_start_it():
+    out = _run()
+    assert out.returncode == 2 and "torchrun --nproc_per_node=4 -m pipelocal.run" in out.stderr

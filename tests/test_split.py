@@ -3,7 +3,15 @@ import torch
 
 from pipelocal.config import ConfigError, SplitConfig
 from pipelocal.models import build_backbone
-from pipelocal.split import module_ranges, ranges_from_boundaries, table_ranges, uniform_ranges
+from pipelocal.split import (
+    balanced_ranges,
+    module_costs,
+    module_ranges,
+    ranges_from_boundaries,
+    stage_ranges,
+    table_ranges,
+    uniform_ranges,
+)
 
 
 def _sizes(ranges):
@@ -68,3 +76,42 @@ def test_split_recomposition_equals_unsplit_forward(name, depth):
         for unit in net.units[start:end]:
             h = unit(h)
     assert torch.allclose(net.classifier(h), net(x), atol=1e-6)
+
+
+def _brute_force(unit_cost, head_cost, k):
+    import itertools
+
+    n = len(unit_cost)
+    best = None
+    for ends in itertools.combinations(range(n - 1), k - 1):
+        ranges = ranges_from_boundaries(list(ends), n)
+        worst = max(module_costs(ranges, unit_cost, head_cost))
+        best = worst if best is None else min(best, worst)
+    return best
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("k", [1, 2, 3, 5])
+def test_balanced_ranges_minimise_the_slowest_module(seed, k):
+    gen = torch.Generator().manual_seed(seed)
+    unit_cost = (torch.rand(9, generator=gen) * 10).tolist()
+    head_cost = (torch.rand(9, generator=gen) * 5).tolist()
+    ranges = balanced_ranges(unit_cost, head_cost, k)
+    assert len(ranges) == k and ranges[0][0] == 0 and ranges[-1][1] == 9
+    assert max(module_costs(ranges, unit_cost, head_cost)) == pytest.approx(_brute_force(unit_cost, head_cost, k))
+
+
+def test_balance_counts_the_heads():
+    """Equal units, but a costly head after unit 2 (where the even split would cut): cut elsewhere."""
+    unit_cost, head_cost = [1.0] * 6, [0, 0, 10.0, 0, 0, 0]
+    ranges = balanced_ranges(unit_cost, head_cost, 2)
+    assert ranges != [(0, 3), (3, 6)] and max(module_costs(ranges, unit_cost, head_cost)) == 4
+
+
+def test_stage_ranges():
+    assert stage_ranges(4, 2) == [(0, 2), (2, 4)]
+    assert stage_ranges(5, 2, [1, 4]) == [(0, 1), (1, 5)]
+    with pytest.raises(ConfigError, match="every stage needs a module"):
+        stage_ranges(2, 4)
+    with pytest.raises(ConfigError, match="modules_per_stage"):
+        stage_ranges(4, 2, [1, 1])

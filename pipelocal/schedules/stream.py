@@ -93,6 +93,7 @@ class StageStats:
     saved_peak: list[int] = field(default_factory=list)
     correct: list[int] = field(default_factory=list)
     eval_samples: int = 0
+    log_s: float = 0.0  # time spent in the metrics hook (live table, reports): the cost of observability
 
     @property
     def compute_s(self) -> float:
@@ -152,6 +153,8 @@ class StageLoop:
             self.train_loader.set_epoch(epoch)
             loader_iter = iter(self.train_loader)
         steps = len(self.plan.train_rows)
+        if stage.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(stage.device)
         loss_sum, waits = None, self._waits()
         start = time.perf_counter()
         for i in range(steps):
@@ -172,7 +175,9 @@ class StageLoop:
                 stats.staleness.append(self._staleness)
             stats.steps, stats.samples, self.step = i + 1, stats.samples + len(batch), self.step + 1
             if self.on_step is not None:
+                hook_start = time.perf_counter()
                 self.on_step(epoch, i + 1, steps, stats, losses, start, waits)
+                stats.log_s += time.perf_counter() - hook_start
         self._close_epoch_timing(stats, start, waits)
         stats.loss = (loss_sum / steps).tolist()
         return stats

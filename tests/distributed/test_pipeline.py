@@ -33,16 +33,15 @@ def sequential_state(overrides: list[str]) -> dict:
 
 
 CASES = [
-    # (method, processes, K, queue depth, extra)
-    ("greedy", 2, 2, 1, []),
-    ("greedy", 2, 2, 4, []),
-    ("dgl", 2, 2, 2, ["--optim.step=per_module"]),
-    ("infopro", 2, 2, 1, []),
-    ("infopro", 2, 2, 2, []),
-    ("infopro", 2, 2, 4, []),
-    ("infopro", 4, 4, 1, []),
-    ("dgl", 4, 4, 4, []),
+    # (method, processes, K, queue depth, extra): every method at P = 2 with depths 1, 2, 4; at P = 4; and K > P
+    *[
+        (m, 2, 2, q, ["--optim.step=per_module"] if m == "dgl" else [])
+        for m in ("greedy", "dgl", "infopro")
+        for q in (1, 2, 4)
+    ],
     ("greedy", 4, 4, 2, []),
+    ("dgl", 4, 4, 4, []),
+    ("infopro", 4, 4, 1, []),
     ("infopro", 2, 4, 2, []),
     ("dgl", 2, 4, 1, ["--pipeline.stage_order=forward_first"]),
 ]
@@ -96,3 +95,22 @@ def test_pipeline_without_torchrun_is_an_error():
 
     with pytest.raises(ConfigError, match="torchrun --nproc_per_node"):
         init_distributed(5)
+
+
+def test_main_job_default_config_with_four_processes(tmp_path):
+    """`torchrun --nproc_per_node=4 -m pipelocal.run` (the README's job), on synthetic data of FMNIST's shape."""
+    out, seconds = torchrun(
+        4,
+        "--data.name=synthetic",
+        "--data.synthetic_shape=[1,28,28]",
+        "--data.synthetic_train=256",
+        "--data.synthetic_test=128",
+        "--data.batch_size=32",
+        "--train.epochs=1",
+        "--metrics.console=plain",
+        f"--metrics.out_dir={tmp_path}",
+        "--pipeline.timeout_s=30",
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "pipeline | infopro | cifar_resnet-20 | K=4 P=4" in out.stdout
+    assert "balance=time" in out.stdout and "per-stage medians" in out.stdout and "final test top-1" in out.stdout
