@@ -9,14 +9,11 @@ overrides; the table, JSON, CSV and a PNG land under benchmarks/results/<hardwar
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from common import hardware, results_dir, write_outputs
+from common import hardware, pipelocal_command, results_dir, run_job, write_outputs
 
 COLUMNS = [
     "config",
@@ -31,12 +28,9 @@ COLUMNS = [
 ]
 
 
-def run_one(config: str, overrides: list[str], run_root: Path) -> dict:
+def run_one(config: str, overrides: list[str], run_root: Path, nproc: int) -> dict:
     name = Path(config).stem
-    cmd = [
-        sys.executable,
-        "-m",
-        "pipelocal.run",
+    args = [
         "--config",
         config,
         *overrides,
@@ -44,10 +38,9 @@ def run_one(config: str, overrides: list[str], run_root: Path) -> dict:
         f"--metrics.run_name={name}",
         "--metrics.console=plain",
     ]
-    print("$", shlex.join(cmd), flush=True)
     start = time.perf_counter()
-    subprocess.run(cmd, check=True)
-    summary = json.loads((run_root / name / "summary.json").read_text())
+    cmd = pipelocal_command(args, nproc)
+    summary = run_job(cmd, run_root / name, Path.cwd(), quiet=False)
     summary["minutes"] = (time.perf_counter() - start) / 60
     summary["command"] = shlex.join(cmd)
     return summary
@@ -96,10 +89,11 @@ def main() -> None:
     parser.add_argument("configs", nargs="+")
     parser.add_argument("--set", nargs="*", default=[], help="overrides for every config, as section.key=value")
     parser.add_argument("--out", help="results folder (default: benchmarks/results/<hardware>-<date>/accuracy)")
+    parser.add_argument("--nproc", type=int, default=1, help="processes per run (torchrun), for multi-process modes")
     args = parser.parse_args()
     folder = results_dir("accuracy", args.out)
     overrides = [f"--{kv}" for kv in args.set]
-    summaries = [run_one(c, overrides, folder / "runs") for c in args.configs]
+    summaries = [run_one(c, overrides, folder / "runs", args.nproc) for c in args.configs]
     rows = [row(c, s) for c, s in zip(args.configs, summaries)]
     header = (
         f"# Accuracy, throughput and memory per method\n\nhardware: {hardware()}, torch threads: "

@@ -5,6 +5,9 @@ from __future__ import annotations
 import csv
 import json
 import platform
+import shlex
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -55,3 +58,27 @@ def write_outputs(folder: Path, stem: str, columns: list[str], rows: list[list],
         writer.writerow(columns)
         writer.writerows(rows)
     return text
+
+
+def pipelocal_command(args: list[str], nproc: int = 1) -> list[str]:
+    """``python -m pipelocal.run ARGS`` for one process, torchrun (standalone, no restarts) for several."""
+    if nproc == 1:
+        return [sys.executable, "-m", "pipelocal.run", *args]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "--max-restarts=0",
+        "-m",
+        "pipelocal.run",
+        *args,
+    ]
+
+
+def run_job(cmd: list[str], run_dir: Path, cwd: Path, quiet: bool = True) -> dict:
+    """Run one job (quiet: its output is only in its run directory) and return its summary.json."""
+    print("$", shlex.join(cmd), flush=True)
+    subprocess.run(cmd, check=True, cwd=cwd, stdout=subprocess.DEVNULL if quiet else None)
+    return json.loads((run_dir / "summary.json").read_text())

@@ -17,14 +17,11 @@ times. Per run, throughput is the median over epochs (the first epoch is warm-up
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
-from common import hardware, results_dir, write_outputs
+from common import hardware, pipelocal_command, results_dir, run_job, write_outputs
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,25 +40,9 @@ def run(kind: str, args, overrides: list[str], run_root: Path, name: str) -> dic
         "--metrics.console=plain",
     ]
     if kind == "sequential":
-        cmd = [sys.executable, "-m", "pipelocal.run", *common, "--mode=sequential", "--train.threads=1"]
-    else:
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc-per-node={args.stages}",
-            "--max-restarts=0",
-            "-m",
-            "pipelocal.run",
-            *common,
-            "--mode=pipeline",
-            "--pipeline.threads=1",
-            f"--split.num_modules={args.stages}",
-        ]
-    print("$", shlex.join(cmd), flush=True)
-    subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
-    return json.loads((run_root / name / "summary.json").read_text())
+        return run_job(pipelocal_command([*common, "--mode=sequential", "--train.threads=1"]), run_root / name, ROOT)
+    pipeline = [*common, "--mode=pipeline", "--pipeline.threads=1", f"--split.num_modules={args.stages}"]
+    return run_job(pipelocal_command(pipeline, args.stages), run_root / name, ROOT)
 
 
 def measure(args, folder: Path) -> dict:

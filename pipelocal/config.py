@@ -33,6 +33,12 @@ def option(default: Any, help: str, choices: tuple | None = None):
 class ModelConfig:
     name: str = option("cifar_resnet", "backbone: cifar_resnet (depth 6n+2), resnet18, resnet34, resnet50")
     depth: int = option(20, "depth of cifar_resnet: 6n+2 (20, 32, 56, 110)")
+    norm: str = option(
+        "batch",
+        "normalisation in the backbone: batch (as published), group (8 groups; independent of batch and "
+        "microbatch size, so DDP/GPipe gradients equal single-process ones exactly), none",
+        ("batch", "group", "none"),
+    )
 
 
 @dataclass
@@ -126,6 +132,7 @@ class PipelineConfig:
     timeout_s: float = option(300.0, "process-group timeout: a stuck peer surfaces as an error after this long")
     threads: int = option(1, "CPU threads per stage process (0: torch's default)")
     live_every: int = option(0, "rank 0 redraws the all-stage table every N steps (0: metrics.log_every)")
+    microbatches: int = option(4, "gpipe/1f1b: microbatches per batch (data.batch_size must divide by it)")
 
 
 @dataclass
@@ -139,7 +146,9 @@ class MetricsConfig:
 
 @dataclass
 class JobConfig:
-    mode: str = option("sequential", "execution mode (DESIGN §2)", ("sequential", "e2e", "pipeline"))
+    mode: str = option(
+        "sequential", "execution mode (DESIGN §2)", ("sequential", "e2e", "pipeline", "ddp", "gpipe", "1f1b")
+    )
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
@@ -175,6 +184,15 @@ class JobConfig:
             )
         if self.pipeline.queue_depth < 1:
             raise ConfigError(f"pipeline.queue_depth={self.pipeline.queue_depth} must be at least 1")
+        if self.mode in ("ddp", "gpipe", "1f1b") and self.method.name != "e2e":
+            raise ConfigError(
+                f"mode={self.mode} is an end-to-end baseline but method.name='{self.method.name}'; set method.name=e2e"
+            )
+        if self.mode in ("gpipe", "1f1b") and self.data.batch_size % self.pipeline.microbatches:
+            raise ConfigError(
+                f"data.batch_size={self.data.batch_size} does not divide into pipeline.microbatches="
+                f"{self.pipeline.microbatches}; pick sizes that divide"
+            )
         if self.mode == "e2e" and self.method.name != "e2e":
             raise ConfigError(
                 f"mode=e2e trains with plain backprop but method.name='{self.method.name}'; "

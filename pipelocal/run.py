@@ -17,8 +17,8 @@ from torch.distributed.elastic.multiprocessing.errors import record
 
 from pipelocal.config import ConfigError, dump_yaml, help_text, load_config
 from pipelocal.data import DatasetNotFoundError, build_loaders
+from pipelocal.distributed_job import run_distributed
 from pipelocal.metrics.console import Console
-from pipelocal.pipeline import run_pipeline
 from pipelocal.runtime import build_local_net
 from pipelocal.runtime.profile import split_for
 from pipelocal.trainer import Trainer
@@ -99,8 +99,8 @@ def train(cfg) -> dict:
 def main(argv: list[str] | None = None) -> int:
     """Parse, then run the mode; exceptions propagate to torchrun's ``record`` (error file, summary)."""
     cfg = parse_args(sys.argv[1:] if argv is None else argv)
-    if cfg.mode == "pipeline":
-        run_pipeline(cfg, make_run_dir)
+    if cfg.mode in ("pipeline", "ddp", "gpipe", "1f1b"):
+        run_distributed(cfg, make_run_dir)
     else:
         train(cfg)
     return 0

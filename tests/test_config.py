@@ -4,7 +4,9 @@ import pytest
 
 from pipelocal.config import ConfigError, JobConfig, help_text, load_config
 
-CONFIGS = sorted(Path(__file__).resolve().parent.parent.joinpath("configs").rglob("*.yaml"))
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+GRIDS = sorted(CONFIG_DIR.joinpath("ablations").glob("*.yaml"))  # sweep grids, not job configs
+CONFIGS = sorted(set(CONFIG_DIR.rglob("*.yaml")) - set(GRIDS))
 
 
 def test_defaults_validate():
@@ -87,3 +89,18 @@ def test_shipped_configs_build(path):
     ranges, _ = split_for(cfg, info, torch.device("cpu"))
     net = build_local_net(cfg, info, ranges)
     assert net.num_modules == (1 if cfg.mode == "e2e" else cfg.split.num_modules)
+
+
+@pytest.mark.parametrize("path", GRIDS, ids=[p.name for p in GRIDS])
+def test_every_point_of_every_shipped_grid_validates(path):
+    import sys
+
+    import yaml
+
+    sys.path.insert(0, str(CONFIG_DIR.parent / "benchmarks"))
+    from ablate import points
+
+    spec = yaml.safe_load(path.read_text())
+    for point in points(spec):
+        overrides = {**spec.get("set", {}), **{k: v for k, v in point.items() if k != "nproc"}}
+        load_config(CONFIG_DIR.parent / spec["base"], [f"--{k}={v}" for k, v in overrides.items()])

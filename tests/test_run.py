@@ -41,9 +41,15 @@ def test_one_process_mode_under_several_processes_is_an_error(monkeypatch):
 
 def test_a_shipped_config_runs(tmp_path):
     out = _run(
-        "--config", "configs/fmnist/greedy_k4.yaml", "--data.name=synthetic", "--data.synthetic_shape=[1,28,28]",
-        "--data.synthetic_train=256", "--train.epochs=1", f"--metrics.out_dir={tmp_path}", "--metrics.console=plain",
-    )  # fmt: skip
+        "--config",
+        "configs/fmnist/greedy_k4.yaml",
+        "--data.name=synthetic",
+        "--data.synthetic_shape=[1,28,28]",
+        "--data.synthetic_train=256",
+        "--train.epochs=1",
+        f"--metrics.out_dir={tmp_path}",
+        "--metrics.console=plain",
+    )
     assert out.returncode == 0, out.stderr
     assert "final test top-1" in out.stdout and "best test top-1" in out.stdout
 

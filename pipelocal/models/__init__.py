@@ -5,8 +5,8 @@ from pipelocal.models.base import Backbone, Classifier, init_weights
 from pipelocal.models.registry import MODELS
 
 
-def build_backbone(name: str, depth: int, in_channels: int, num_classes: int) -> Backbone:
-    return MODELS.get(name)(depth=depth, in_channels=in_channels, num_classes=num_classes)
+def build_backbone(name: str, depth: int, in_channels: int, num_classes: int, norm: str = "batch") -> Backbone:
+    return MODELS.get(name)(depth=depth, in_channels=in_channels, num_classes=num_classes, norm=norm)
 
 
 __all__ = ["MODELS", "Backbone", "Classifier", "build_backbone", "init_weights"]

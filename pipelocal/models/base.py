@@ -55,7 +55,7 @@ def init_weights(module: nn.Module) -> None:
         if isinstance(m, nn.Conv2d):
             n = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
             nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / n))
-        elif isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):
+        elif isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d | nn.GroupNorm):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
 
@@ -65,3 +65,14 @@ class Classifier(nn.Sequential):
 
     def __init__(self, channels: int, num_classes: int):
         super().__init__(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes))
+
+
+def norm_layer(name: str):
+    """``model.norm``: BatchNorm2d (as published), GroupNorm with 8 groups (batch-independent), or none."""
+    if name == "batch":
+        return nn.BatchNorm2d
+    if name == "group":
+        return lambda channels: nn.GroupNorm(min(8, channels), channels)
+    if name == "none":
+        return lambda channels: nn.Identity()
+    raise ValueError(f"unknown norm '{name}'; choose batch, group or none")

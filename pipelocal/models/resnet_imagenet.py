@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 from torchvision.models import resnet
 
-from pipelocal.models.base import Backbone, Classifier, init_weights
+from pipelocal.models.base import Backbone, Classifier, init_weights, norm_layer
 from pipelocal.models.registry import MODELS
 
 
@@ -25,9 +25,9 @@ def _from_torchvision(tv: resnet.ResNet, in_channels: int, num_classes: int) -> 
 
 def _register(name: str, builder):
     @MODELS.register(name)
-    def build(depth: int, in_channels: int, num_classes: int) -> Backbone:
+    def build(depth: int, in_channels: int, num_classes: int, norm: str = "batch") -> Backbone:
         del depth  # fixed by the name
-        return _from_torchvision(builder(weights=None), in_channels, num_classes)
+        return _from_torchvision(builder(weights=None, norm_layer=norm_layer(norm)), in_channels, num_classes)
 
     build.__doc__ = f"torchvision {name}, units = stem + one per block."
     return build

@@ -45,12 +45,17 @@ class LocalNet(nn.Module):
         return self.local_modules[-1].head.logits(x)
 
 
+def backbone_for(cfg: JobConfig, data: DataInfo) -> Backbone:
+    """The configured backbone, initialised from ``train.seed`` (so every rank builds the same one)."""
+    torch.manual_seed(cfg.train.seed)
+    return build_backbone(cfg.model.name, cfg.model.depth, data.input_shape[0], data.num_classes, cfg.model.norm)
+
+
 def build_local_net(cfg: JobConfig, data: DataInfo, ranges: list[tuple[int, int]] | None = None) -> LocalNet:
     """Build the backbone from ``train.seed``, cut it into ``ranges`` (default: per ``split``; profiled
     balancing is decided by the caller, see runtime/profile.py), attach the method's heads."""
-    torch.manual_seed(cfg.train.seed)
-    backbone = build_backbone(cfg.model.name, cfg.model.depth, data.input_shape[0], data.num_classes)
-    if cfg.mode == "e2e":
+    backbone = backbone_for(cfg, data)
+    if cfg.mode in ("e2e", "ddp"):  # one process holds the whole net: one module
         ranges = [(0, backbone.num_units)]
     elif ranges is None:
         if cfg.split.balance in ("time", "memory") and cfg.split.boundaries is None:

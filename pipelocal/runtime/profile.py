@@ -17,7 +17,7 @@ from pipelocal.config import JobConfig
 from pipelocal.data import Batch, DataInfo
 from pipelocal.methods import METHODS, CrossEntropyHead, NetInfo
 from pipelocal.metrics.memory import SavedTensorMeter
-from pipelocal.models import build_backbone
+from pipelocal.runtime.local_net import backbone_for
 from pipelocal.split import balanced_ranges, module_costs, module_ranges
 
 
@@ -30,8 +30,7 @@ class UnitProfile:
 
 
 def profile_units(cfg: JobConfig, data: DataInfo, device: torch.device, repeats: int = 5) -> UnitProfile:
-    torch.manual_seed(cfg.train.seed)
-    backbone = build_backbone(cfg.model.name, cfg.model.depth, data.input_shape[0], data.num_classes).to(device)
+    backbone = backbone_for(cfg, data).to(device)
     shapes = backbone.unit_shapes(data.input_shape)
     n, k = backbone.num_units, cfg.split.num_modules
     rows = cfg.data.batch_size
@@ -115,8 +114,7 @@ def plan_split(cfg: JobConfig, data: DataInfo, device: torch.device, num_units: 
 
 def split_for(cfg: JobConfig, data: DataInfo, device: torch.device) -> tuple[list | None, str]:
     """``plan_split`` for the configured backbone (None: e2e, one module)."""
-    if cfg.mode == "e2e":
-        return None, "split: one module (e2e)"
-    torch.manual_seed(cfg.train.seed)
-    backbone = build_backbone(cfg.model.name, cfg.model.depth, data.input_shape[0], data.num_classes)
+    if cfg.mode in ("e2e", "ddp"):
+        return None, f"split: one module ({cfg.mode}: the whole net in every process)"
+    backbone = backbone_for(cfg, data)
     return plan_split(cfg, data, device, backbone.num_units, backbone.positions)

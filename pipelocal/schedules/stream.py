@@ -14,12 +14,26 @@ import time
 from dataclasses import dataclass, field
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from pipelocal.data import Batch
-from pipelocal.distributed.transport import Expected, Kind, Receiver, Sender, TensorMeta
+from pipelocal.distributed.setup import Groups, Topology
+from pipelocal.distributed.transport import (
+    Expected,
+    Kind,
+    Receiver,
+    Sender,
+    TensorMeta,
+    check_header,
+    decode_header,
+    encode_header,
+)
 from pipelocal.optim import lr_at, set_lr
+from pipelocal.runtime import build_local_net
 from pipelocal.runtime.stage import Stage
+from pipelocal.schedules import LOOPS
+from pipelocal.split import stage_ranges
 
 
 @dataclass(frozen=True)
@@ -126,7 +140,7 @@ class StageLoop:
 
     # ------------------------------------------------------------------------------------ inputs
 
-    def _inputs(self, kind: Kind, loader_iter) -> Batch:
+    def _inputs(self, loader_iter) -> Batch:
         if loader_iter is not None:
             return next(loader_iter)
         header, tensors, staleness = self.receiver.recv()
@@ -155,7 +169,7 @@ class StageLoop:
         steps = len(self.plan.train_rows)
         if stage.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(stage.device)
-        loss_sum, waits = None, self._waits()
+        loss_sum, waits = None, self.waits()
         start = time.perf_counter()
         for i in range(steps):
             if self._fault and self._fault[0] == self.step:
@@ -163,7 +177,7 @@ class StageLoop:
             set_lr(
                 stage.optimizers, lr_at(epoch + (i / steps if cfg.optim.per_step else 0.0), cfg.optim, cfg.train.epochs)
             )
-            batch = self._inputs(Kind.DATA, loader_iter)
+            batch = self._inputs(loader_iter)
             on_output = (
                 None if self.sender is None else (lambda h, b=batch, t=self.step: self._send(Kind.DATA, t, b, h))
             )
@@ -182,14 +196,14 @@ class StageLoop:
         stats.loss = (loss_sum / steps).tolist()
         return stats
 
-    def _waits(self) -> tuple[float, float]:
+    def waits(self) -> tuple[float, float]:
         return (self.receiver.wait_s if self.receiver else 0.0, self.sender.wait_s if self.sender else 0.0)
 
     def _close_epoch_timing(self, stats: StageStats, start: float, waits) -> None:
         if self.stage.device.type == "cuda":
             torch.cuda.synchronize(self.stage.device)  # timing must include queued kernels
         stats.wall_s = time.perf_counter() - start
-        recv, send = self._waits()
+        recv, send = self.waits()
         stats.recv_wait_s, stats.send_wait_s = recv - waits[0], send - waits[1]
 
     @torch.no_grad()
@@ -199,7 +213,7 @@ class StageLoop:
         loader_iter = iter(self.test_loader) if self.test_loader is not None else None
         correct = torch.zeros(len(self.stage.modules), dtype=torch.long, device=self.stage.device)
         for j in range(len(self.plan.eval_rows)):
-            batch = self._inputs(Kind.EVAL, loader_iter)
+            batch = self._inputs(loader_iter)
             h = self.stage.evaluate(batch.x, batch.y, correct)
             if self.sender is not None:
                 self._send(Kind.EVAL, self._eval_step + j, batch, h)
@@ -207,6 +221,9 @@ class StageLoop:
         self._eval_step += len(self.plan.eval_rows)
         stats.correct = correct.tolist()
         self.stage.set_mode(True)
+
+    def checkpoint(self) -> dict:
+        return self.stage.state_dict()
 
     def stop(self) -> None:
         """STOP flows downstream: receive it (unless first), pass it on (unless last), finish sends."""
@@ -237,3 +254,70 @@ def _pad(t: torch.Tensor, rows: int, copy: bool = False) -> torch.Tensor:
     if len(t) == rows:
         return t.contiguous().clone() if copy else t.contiguous()
     return F.pad(t, (0, 0) * (t.dim() - 1) + (0, rows - len(t)))
+
+
+# ----------------------------------------------------------------------------------- building a stage
+
+
+@LOOPS.register("pipeline")
+def build_stage_loop(cfg, topo: Topology, groups: Groups, setup: dict, loaders):
+    """This rank's stage, its links to the neighbours (after the handshake), and its loop."""
+    info = setup["info"]
+    net = build_local_net(cfg, info, setup["ranges"])
+    ranges = stage_ranges(net.num_modules, topo.num_stages, cfg.pipeline.modules_per_stage)
+    s, num_modules = topo.stage_index, net.num_modules
+    stage = Stage(net, ranges[s], cfg, topo.device)
+    plan = Plan.build(cfg, setup["train_len"], setup["test_len"])
+    shapes = net.method.info.module_shapes
+    context_shapes = {"raw": tuple(info.input_shape)}
+
+    def context_into(j: int) -> dict:
+        """Batch fields stage j or a later one reads: they must flow into stage j."""
+        needed = any(ranges[k][0] < num_modules - 1 for k in range(j, topo.num_stages))
+        return {n: context_shapes[n] for n in net.method.needs} if needed else {}
+
+    receiver = sender = sender_metas = None
+    context_out: dict = {}
+    if not topo.is_first_stage:
+        metas = link_metas(plan, shapes[ranges[s][0] - 1], context_into(s))
+        receiver_metas = metas
+    if not topo.is_last_stage:
+        context_out = context_into(s + 1)
+        sender_metas = link_metas(plan, stage.output_shape, context_out)
+    handshake(topo, groups, sender_metas, receiver_metas if not topo.is_first_stage else None, plan.batch_size)
+    if not topo.is_first_stage:
+        receiver = Receiver(
+            groups.forward,
+            s - 1,
+            s,
+            expectations(plan, receiver_metas),
+            cfg.pipeline.queue_depth,
+            topo.device,
+            max(plan.batch_size, plan.eval_batch_size),
+        )
+    if not topo.is_last_stage:
+        sender = Sender(
+            groups.forward, s, s + 1, cfg.pipeline.queue_depth, max(plan.batch_size, plan.eval_batch_size), topo.device
+        )
+    loop = StageLoop(cfg, stage, plan, s, receiver, sender, sender_metas, tuple(context_out), loaders)
+    return loop, stage
+
+
+def handshake(topo: Topology, groups: Groups, out_metas, in_metas, rows: int) -> None:
+    """Stage s tells s+1 what it will send; s+1 checks it against what it expects (fail at start-up)."""
+    s, device = topo.stage_index, topo.device
+    works, incoming = [], None
+    if in_metas is not None:
+        incoming = torch.empty(
+            len(encode_header(Kind.DATA, -1, 0, in_metas[Kind.DATA], torch.zeros(0), rows)),
+            dtype=torch.int64,
+            device=device,
+        )
+        works.append(dist.irecv(incoming, s - 1, group=groups.forward))
+    if out_metas is not None:
+        outgoing = encode_header(Kind.DATA, -1, 0, out_metas[Kind.DATA], torch.zeros(0), rows).to(device)
+        works.append(dist.isend(outgoing, s + 1, group=groups.forward))
+    for work in works:
+        work.wait()
+    if incoming is not None:
+        check_header(decode_header(incoming), Expected(Kind.DATA, -1, 0, in_metas[Kind.DATA]), s - 1, s)

@@ -1,10 +1,11 @@
-"""The pipeline job (mode=pipeline): one process per stage under torchrun, activations streamed forward.
+"""The multi-process job under torchrun: the local pipeline (mode=pipeline) and the E2E baselines
+(ddp, gpipe, 1f1b), one driver for all.
 
-Start-up (collectives, before any data moves): stage 0 reads the dataset and names the run directory,
-and every rank learns the numbers it needs; every rank builds the same LocalNet from the same seed
-and keeps its stage; adjacent stages agree on the tensors they exchange (handshake). Then each stage
-runs :class:`~pipelocal.schedules.stream.StageLoop`. Metrics are gathered to rank 0 at epoch ends,
-where evaluation drains the pipeline anyway; live figures travel off the hot path (metrics/live.py).
+Start-up (collectives, before any data moves): rank 0 reads the dataset, names the run directory and
+chooses the split (profiling, when asked), and every rank learns the numbers it needs. Then the mode's
+registered loop builder (``schedules.LOOPS``) builds this rank's part and its loop, every rank from the
+same seed. Metrics are gathered to rank 0 at epoch ends, where evaluation drains the pipeline anyway;
+live figures travel off the hot path (metrics/live.py).
 """
 
 from __future__ import annotations
@@ -20,21 +21,19 @@ from pipelocal.checkpoint import save_stage
 from pipelocal.config import JobConfig, dump_yaml, to_dict
 from pipelocal.data import build_loaders
 from pipelocal.distributed.setup import Groups, Topology, destroy_distributed, init_distributed
-from pipelocal.distributed.transport import Expected, Kind, Receiver, Sender, check_header, decode_header, encode_header
 from pipelocal.metrics.console import Console
 from pipelocal.metrics.jsonl import JsonlWriter
 from pipelocal.metrics.live import LiveCollector, LiveReporter
 from pipelocal.metrics.memory import cuda_peak_bytes
-from pipelocal.runtime import build_local_net
 from pipelocal.runtime.profile import split_for
 from pipelocal.runtime.stage import Stage
+from pipelocal.schedules import LOOPS, e2e_parallel, stream  # noqa: F401  (the modules register their loops)
 from pipelocal.schedules.sequential import accuracies
-from pipelocal.schedules.stream import Plan, StageLoop, StageStats, expectations, link_metas
-from pipelocal.split import stage_ranges
+from pipelocal.schedules.stream import StageLoop, StageStats
 
 
-def run_pipeline(cfg: JobConfig, make_run_dir) -> dict | None:
-    """Run this rank's stage to the end; rank 0 returns the summary, the others None."""
+def run_distributed(cfg: JobConfig, make_run_dir) -> dict | None:
+    """Run this rank's part to the end; rank 0 returns the summary, the others None."""
     topo, groups = init_distributed(cfg.pipeline.timeout_s)
     if topo.device.type == "cpu" and cfg.pipeline.threads:
         torch.set_num_threads(cfg.pipeline.threads)
@@ -58,81 +57,20 @@ def run_pipeline(cfg: JobConfig, make_run_dir) -> dict | None:
     box = [setup]
     dist.broadcast_object_list(box, src=0, group=groups.control)
     setup = box[0]
-    loop, stage = build_stage_loop(cfg, topo, groups, setup, loaders)
+    loop, stage = LOOPS.get(cfg.mode)(cfg, topo, groups, setup, loaders)
     console.print(describe(cfg, topo, stage, setup))
     summary = train_stages(cfg, topo, groups, loop, console, Path(setup["run_dir"]))
-    save_stage(stage.state_dict(), Path(setup["run_dir"]), topo.stage_index)
+    state = loop.checkpoint()
+    if state is not None:
+        save_stage(state, Path(setup["run_dir"]), topo.stage_index)
     dist.barrier(group=groups.control)
     destroy_distributed()
     return summary
 
 
-def build_stage_loop(cfg: JobConfig, topo: Topology, groups: Groups, setup: dict, loaders):
-    """This rank's stage, its links to the neighbours (after the handshake), and its loop."""
-    info = setup["info"]
-    net = build_local_net(cfg, info, setup["ranges"])
-    ranges = stage_ranges(net.num_modules, topo.num_stages, cfg.pipeline.modules_per_stage)
-    s, num_modules = topo.stage_index, net.num_modules
-    stage = Stage(net, ranges[s], cfg, topo.device)
-    plan = Plan.build(cfg, setup["train_len"], setup["test_len"])
-    shapes = net.method.info.module_shapes
-    context_shapes = {"raw": tuple(info.input_shape)}
-
-    def context_into(j: int) -> dict:
-        """Batch fields stage j or a later one reads: they must flow into stage j."""
-        needed = any(ranges[k][0] < num_modules - 1 for k in range(j, topo.num_stages))
-        return {n: context_shapes[n] for n in net.method.needs} if needed else {}
-
-    receiver = sender = sender_metas = None
-    context_out: dict = {}
-    if not topo.is_first_stage:
-        metas = link_metas(plan, shapes[ranges[s][0] - 1], context_into(s))
-        receiver_metas = metas
-    if not topo.is_last_stage:
-        context_out = context_into(s + 1)
-        sender_metas = link_metas(plan, stage.output_shape, context_out)
-    handshake(topo, groups, sender_metas, receiver_metas if not topo.is_first_stage else None, plan.batch_size)
-    if not topo.is_first_stage:
-        receiver = Receiver(
-            groups.forward,
-            s - 1,
-            s,
-            expectations(plan, receiver_metas),
-            cfg.pipeline.queue_depth,
-            topo.device,
-            max(plan.batch_size, plan.eval_batch_size),
-        )
-    if not topo.is_last_stage:
-        sender = Sender(
-            groups.forward, s, s + 1, cfg.pipeline.queue_depth, max(plan.batch_size, plan.eval_batch_size), topo.device
-        )
-    loop = StageLoop(cfg, stage, plan, s, receiver, sender, sender_metas, tuple(context_out), loaders)
-    return loop, stage
-
-
-def handshake(topo: Topology, groups: Groups, out_metas, in_metas, rows: int) -> None:
-    """Stage s tells s+1 what it will send; s+1 checks it against what it expects (fail at start-up)."""
-    s, device = topo.stage_index, topo.device
-    works, incoming = [], None
-    if in_metas is not None:
-        incoming = torch.empty(
-            len(encode_header(Kind.DATA, -1, 0, in_metas[Kind.DATA], torch.zeros(0), rows)),
-            dtype=torch.int64,
-            device=device,
-        )
-        works.append(dist.irecv(incoming, s - 1, group=groups.forward))
-    if out_metas is not None:
-        outgoing = encode_header(Kind.DATA, -1, 0, out_metas[Kind.DATA], torch.zeros(0), rows).to(device)
-        works.append(dist.isend(outgoing, s + 1, group=groups.forward))
-    for work in works:
-        work.wait()
-    if incoming is not None:
-        check_header(decode_header(incoming), Expected(Kind.DATA, -1, 0, in_metas[Kind.DATA]), s - 1, s)
-
-
 def describe(cfg: JobConfig, topo: Topology, stage: Stage, setup: dict) -> str:
     return (
-        f"pipeline | {cfg.method.name} | {cfg.model.name}-{cfg.model.depth} | K={stage.method.info.num_modules} "
+        f"{cfg.mode} | {cfg.method.name} | {cfg.model.name}-{cfg.model.depth} | K={stage.method.info.num_modules} "
         f"P={topo.num_stages} | queue depth {cfg.pipeline.queue_depth} | {cfg.data.name} | {topo.backend} on "
         f"{topo.device.type} | run dir {setup['run_dir']}"
     )
@@ -222,7 +160,7 @@ def _live_hook(loop, every: int, collector, reporter, console: Console, stage_in
         if step % every and step != steps:
             return
         elapsed = time.perf_counter() - start
-        recv, send = loop._waits()
+        recv, send = loop.waits()
         row = {
             "stage": stage_index,
             "epoch": epoch,
@@ -329,7 +267,7 @@ def summarise(cfg: JobConfig, history: list[dict], best, run_dir: Path, topo: To
             }
         )
     summary = {
-        "mode": "pipeline",
+        "mode": cfg.mode,
         "method": cfg.method.name,
         "num_stages": topo.num_stages,
         "num_modules": cfg.split.num_modules,

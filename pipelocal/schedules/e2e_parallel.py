@@ -1,0 +1,253 @@
+"""End-to-end baselines across processes: DDP, and GPipe / 1F1B through ``torch.distributed.pipelining``.
+
+Same model, data, global batch and metrics as the local pipeline, so throughput and memory compare on
+the same work. Each loop has the interface of :class:`~pipelocal.schedules.stream.StageLoop`.
+
+- ``ddp``: every rank holds the whole net and trains its slice of each global batch; gradients are
+  averaged by DistributedDataParallel. The loss is scaled so that uneven slices (a last partial batch)
+  still give exactly the global batch's mean gradient.
+- ``gpipe`` / ``1f1b``: rank s holds stage s (the same unit split as the local pipeline, no aux heads),
+  batches are cut into ``pipeline.microbatches``. Fixed microbatch shapes are required, so a last
+  partial training batch is dropped and evaluation pads its last batch.
+
+BatchNorm makes DDP (per-replica statistics) and microbatching (per-microbatch statistics) differ from
+one big batch; ``model.norm: group`` removes that difference (invariant 4 is tested with it).
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+from dataclasses import replace
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
+from torch.nn.parallel import DistributedDataParallel
+
+from pipelocal.data import build_loaders
+from pipelocal.optim import lr_at, set_lr
+from pipelocal.runtime import build_local_net
+from pipelocal.runtime.stage import Stage
+from pipelocal.schedules import LOOPS
+from pipelocal.schedules.stream import Plan, StageStats
+from pipelocal.split import stage_ranges
+
+
+class _Loop:
+    """What the E2E loops share: epochs over the plan, learning rate, timing, stats."""
+
+    def __init__(self, cfg, stage: Stage, plan: Plan, rank: int, loaders):
+        self.cfg, self.stage, self.plan, self.rank = cfg, stage, plan, rank
+        self.train_loader, self.test_loader = loaders
+        self.on_step = None
+
+    def waits(self) -> tuple[float, float]:
+        return 0.0, 0.0  # communication happens inside DDP / the pipelining schedule; not split out here
+
+    def stop(self) -> None:
+        pass
+
+    def checkpoint(self) -> dict | None:
+        return self.stage.state_dict()
+
+    def train_epoch(self, epoch: int) -> StageStats:
+        cfg, stats = self.cfg, StageStats(self.rank)
+        self.stage.set_mode(True)
+        batches = None
+        if self.train_loader is not None:
+            self.train_loader.set_epoch(epoch)
+            batches = iter(self.train_loader)
+        steps = len(self.plan.train_rows)
+        if self.stage.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.stage.device)
+        loss_sum = torch.zeros((), device=self.stage.device)
+        start = time.perf_counter()
+        for i in range(steps):
+            set_lr(
+                self.stage.optimizers,
+                lr_at(epoch + i / steps if cfg.optim.per_step else epoch, cfg.optim, cfg.train.epochs),
+            )
+            batch = next(batches) if batches is not None else None
+            for opt in self.stage.optimizers:
+                opt.zero_grad(set_to_none=True)
+            meter = self.stage.meter
+            if meter:
+                meter.reset_peak()
+            loss = self.train_step(batch)
+            for opt in self.stage.optimizers:
+                opt.step()
+            loss_sum += loss
+            stats.saved_peak = [max(meter.peak if meter else 0, *(stats.saved_peak or [0]))]
+            stats.steps, stats.samples = i + 1, stats.samples + self.plan.train_rows[i]
+            if self.on_step is not None:
+                hook_start = time.perf_counter()
+                self.on_step(epoch, i + 1, steps, stats, loss.view(1), start, (0.0, 0.0))
+                stats.log_s += time.perf_counter() - hook_start
+        if self.stage.device.type == "cuda":
+            torch.cuda.synchronize(self.stage.device)  # timing must include queued kernels
+        stats.wall_s = time.perf_counter() - start
+        stats.loss = [(loss_sum / steps).item()]
+        return stats
+
+
+class DDPLoop(_Loop):
+    def __init__(self, cfg, stage: Stage, plan: Plan, rank: int, world: int, loaders, control):
+        super().__init__(cfg, stage, plan, rank, loaders)
+        self.world, self.control = world, control
+        module = stage.modules[0]
+        self.ddp = DistributedDataParallel(_WholeNet(module), device_ids=_device_ids(stage.device))
+
+    def _slice(self, tensor: torch.Tensor) -> torch.Tensor:
+        return torch.tensor_split(tensor, self.world)[self.rank]
+
+    def train_step(self, batch) -> torch.Tensor:
+        x, y = self._slice(batch.x), self._slice(batch.y)
+        meter = self.stage.meter
+        with meter.hooks() if meter else nullcontext():
+            logits = self.ddp(x)
+        # Sum over my rows / (global rows / world): after DDP's mean over ranks, the global batch's mean.
+        loss = F.cross_entropy(logits, y, reduction="sum") * self.world / len(batch)
+        loss.backward()
+        return loss.detach() * len(batch) / max(len(y) * self.world, 1)
+
+    @torch.no_grad()
+    def evaluate(self, stats: StageStats) -> None:
+        self.stage.set_mode(False)
+        correct = torch.zeros(1, dtype=torch.long)
+        total = 0
+        for batch in self.test_loader:
+            x, y = self._slice(batch.x), self._slice(batch.y)
+            correct += (self.ddp.module(x).argmax(1) == y).sum().cpu()
+            total += len(batch)
+        dist.all_reduce(correct, group=self.control)  # at the end of evaluation: the replicas are in step anyway
+        stats.correct = correct.tolist() if self.rank == 0 else []
+        stats.eval_samples = total
+        self.stage.set_mode(True)
+
+    def checkpoint(self) -> dict | None:
+        return self.stage.state_dict() if self.rank == 0 else None  # every replica holds the same weights
+
+
+class PipeliningLoop(_Loop):
+    """GPipe or 1F1B over this rank's stage, with torch.distributed.pipelining."""
+
+    def __init__(self, cfg, stage: Stage, plan: Plan, rank: int, world: int, loaders, schedule_cls, group):
+        super().__init__(cfg, stage, plan, rank, loaders)
+        self.is_first, self.is_last = rank == 0, rank == world - 1
+        self.module = _StageModule(stage.modules, self.is_last)
+        pipe_stage = PipelineStage(self.module, rank, world, stage.device, group=group)
+        self.schedule = schedule_cls(pipe_stage, n_microbatches=cfg.pipeline.microbatches, loss_fn=_loss)
+
+    def train_step(self, batch) -> torch.Tensor:
+        losses: list[torch.Tensor] = []
+        meter = self.stage.meter
+        with meter.hooks() if meter else nullcontext():
+            self.schedule.step(*self._args(batch), **self._target(batch, losses))
+        return torch.stack(losses).mean().detach() if losses else torch.zeros((), device=self.stage.device)
+
+    def _args(self, batch) -> tuple:
+        return (batch.x,) if self.is_first else ()
+
+    def _target(self, batch, losses) -> dict:
+        return {"target": batch.y, "losses": losses} if self.is_last else {}
+
+    @torch.no_grad()
+    def evaluate(self, stats: StageStats) -> None:
+        self.stage.set_mode(False)
+        correct = torch.zeros(len(self.stage.modules), dtype=torch.long)
+        correct[:-1] = -1  # only the classifier gives class scores
+        rows = self.plan.batch_size
+        batches = iter(self.test_loader) if self.test_loader is not None else None
+        for valid in self.plan.eval_rows:
+            batch = next(batches) if batches is not None else None
+            padded = _padded(batch, rows) if batch is not None else None
+            out = self.schedule.eval(*self._args(padded), **({"target": padded.y} if self.is_last else {}))
+            if self.is_last:
+                correct[-1] += (out[:valid].argmax(1) == padded.y[:valid]).sum().cpu()
+            stats.eval_samples += valid
+        if not self.is_last:
+            correct[-1] = -1
+        stats.correct = correct.tolist()
+        self.stage.set_mode(True)
+
+
+def _padded(batch, rows: int):
+    """Fixed microbatch shapes: pad a smaller last batch with zeros (its extra rows are not counted)."""
+    if len(batch) == rows:
+        return batch
+    extra = rows - len(batch)
+    return replace(batch, x=F.pad(batch.x, (0, 0, 0, 0, 0, 0, 0, extra)), y=F.pad(batch.y, (0, extra)))
+
+
+class _WholeNet(nn.Module):
+    """The whole net as one module (body, then the classifier) for DDP."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x):
+        return self.module.head.logits(self.module(x))
+
+
+class _StageModule(nn.Module):
+    """A stage's modules as one module for torch.distributed.pipelining; the last stage ends in the classifier."""
+
+    def __init__(self, modules, is_last: bool):
+        super().__init__()
+        self.parts = nn.ModuleList(modules)
+        self.is_last = is_last
+
+    def forward(self, x):
+        for part in self.parts:
+            x = part(x)
+        return self.parts[-1].head.logits(x) if self.is_last else x
+
+
+def _loss(logits, target):
+    return F.cross_entropy(logits, target)
+
+
+def _device_ids(device: torch.device):
+    return [device.index] if device.type == "cuda" else None
+
+
+# ------------------------------------------------------------------------------------------ builders
+
+
+@LOOPS.register("ddp")
+def build_ddp_loop(cfg, topo, groups, setup, loaders):
+    stage = _whole_stage(cfg, setup, topo, (0, 1))
+    plan = Plan.build(cfg, setup["train_len"], setup["test_len"])
+    loaders = loaders or build_loaders(cfg.data, topo.device, cfg.train.seed)[:2]
+    return DDPLoop(cfg, stage, plan, topo.stage_index, topo.num_stages, loaders, groups.control), stage
+
+
+def _pipelining_builder(schedule_cls):
+    def build(cfg, topo, groups, setup, loaders):
+        net = build_local_net(cfg, setup["info"], setup["ranges"])
+        ranges = stage_ranges(net.num_modules, topo.num_stages, cfg.pipeline.modules_per_stage)
+        stage = Stage(net, ranges[topo.stage_index], cfg, topo.device)
+        # Evaluation goes through the same fixed microbatch shapes: batches of the training size.
+        data = replace(cfg.data, eval_batch_size=cfg.data.batch_size, drop_last=True)
+        plan = Plan.build(replace(cfg, data=data), setup["train_len"], setup["test_len"])
+        needs_data = topo.is_first_stage or topo.is_last_stage
+        loaders = build_loaders(data, topo.device, cfg.train.seed)[:2] if needs_data else (None, None)
+        loop = PipeliningLoop(
+            cfg, stage, plan, topo.stage_index, topo.num_stages, loaders, schedule_cls, groups.forward
+        )
+        return loop, stage
+
+    return build
+
+
+LOOPS.register("gpipe")(_pipelining_builder(ScheduleGPipe))
+LOOPS.register("1f1b")(_pipelining_builder(Schedule1F1B))
+
+
+def _whole_stage(cfg, setup, topo, module_range):
+    net = build_local_net(cfg, setup["info"], setup["ranges"])
+    return Stage(net, module_range, cfg, topo.device)

@@ -1,0 +1,58 @@
+"""Smoke tests of the benchmark scripts on tiny configs: every mode / point produces its row."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY_SET = [
+    "data.name=synthetic",
+    "data.synthetic_shape=[1,16,16]",
+    "data.synthetic_train=256",
+    "model.depth=8",
+    "split.balance=uniform",
+    "model.norm=group",
+]
+
+
+def test_throughput_vs_e2e_gives_a_row_per_mode(tmp_path):
+    cmd = [
+        sys.executable,
+        "benchmarks/throughput_vs_e2e.py",
+        "--steps",
+        "2",
+        "--epochs",
+        "1",
+        "--batch",
+        "16",
+        "--test-subset",
+        "64",
+        "--repeats",
+        "1",
+        "--out",
+        str(tmp_path),
+        "--set",
+        *TINY_SET,
+    ]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads((tmp_path / "throughput_vs_e2e.json").read_text())
+    assert [r[0] for r in result["rows"]] == ["e2e", "ddp", "gpipe", "1f1b", "pipeline"]
+    assert all(r[2] > 0 for r in result["rows"]) and (tmp_path / "throughput_vs_e2e.png").exists()
+
+
+def test_ablate_runs_the_grid_and_resumes(tmp_path):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(
+        "base: configs/fmnist/greedy_k4.yaml\nnproc: 1\n"
+        "set: {data.name: synthetic, data.synthetic_shape: [1, 16, 16], data.synthetic_train: 128, model.depth: 8,"
+        " train.epochs: 1}\ngrid:\n  split.num_modules: [2, 3]\n"
+    )
+    cmd = [sys.executable, "benchmarks/ablate.py", str(grid), "--out", str(tmp_path / "out")]
+    first = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    rows = json.loads((tmp_path / "out" / "ablation.json").read_text())["rows"]
+    assert [r[0] for r in rows] == [2, 3]
+    second = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0 and "$ " not in second.stdout  # nothing ran again
