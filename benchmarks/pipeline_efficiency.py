@@ -138,8 +138,13 @@ def plot(folder: Path, figures: dict, stages: int) -> None:
     axes[0].set_xticks(list(xs), [f"balance={n}" for n in names])
     axes[0].set_ylabel("samples/s")
     axes[0].legend()
+    ticks, labels = [], []
     for i, n in enumerate(names):
-        axes[1].bar([i * (stages + 1) + s for s in range(stages)], figures[n]["utilisation"], label=f"balance={n}")
+        xs_n = [i * (stages + 1) + s for s in range(stages)]
+        axes[1].bar(xs_n, figures[n]["utilisation"], label=f"balance={n}")
+        ticks += xs_n
+        labels += [f"stage {s}" for s in range(stages)]
+    axes[1].set_xticks(ticks, labels)
     axes[1].set_ylim(0, 1.05)
     axes[1].set_title("per-stage utilisation (compute / wall)")
     axes[1].legend()

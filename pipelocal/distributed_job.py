@@ -21,7 +21,7 @@ from pipelocal.checkpoint import save_stage
 from pipelocal.config import JobConfig, dump_yaml, to_dict
 from pipelocal.data import build_loaders
 from pipelocal.distributed.setup import Groups, Topology, destroy_distributed, init_distributed
-from pipelocal.metrics.console import Console
+from pipelocal.metrics.console import Console, epoch_line
 from pipelocal.metrics.jsonl import JsonlWriter
 from pipelocal.metrics.live import LiveCollector, LiveReporter
 from pipelocal.metrics.memory import cuda_peak_bytes
@@ -101,7 +101,7 @@ def train_stages(cfg: JobConfig, topo: Topology, groups: Groups, loop: StageLoop
             log.write(record)
             history.append(record)
             console.stage_table(f"epoch {epoch + 1}/{cfg.train.epochs}", stage_rows(record))
-            console.print(epoch_line(record))
+            console.print(epoch_line(record, "at the last stage"))
     loop.stop()
     if reporter is not None:
         reporter.report({"stage": topo.stage_index}, final=True)
@@ -109,7 +109,7 @@ def train_stages(cfg: JobConfig, topo: Topology, groups: Groups, loop: StageLoop
         collector.drain()
         log.close()
         console.close()
-        summary = summarise(cfg, history, best, run_dir, topo)
+        summary = summarise(cfg, history, best, run_dir, topo, loop.stage.method.info.num_modules)
         report(summary, console)
         return summary
     return None
@@ -241,14 +241,7 @@ def stage_rows(record: dict) -> list[list]:
     ]
 
 
-def epoch_line(record: dict) -> str:
-    acc = record.get("test_top1")
-    probes = " ".join("-" if a is None else f"{a:.3f}" for a in record.get("module_top1") or [])
-    text = f"test top-1 {acc:.4f}  per-module [{probes}]" if acc is not None else "no eval"
-    return f"epoch {record['epoch'] + 1}: {text}  {record['samples_per_s']:.1f} samples/s (last stage)"
-
-
-def summarise(cfg: JobConfig, history: list[dict], best, run_dir: Path, topo: Topology) -> dict:
+def summarise(cfg: JobConfig, history: list[dict], best, run_dir: Path, topo: Topology, num_modules: int) -> dict:
     per_stage = []
     for s in range(topo.num_stages):
         rows = [h["stages"][s] for h in history]
@@ -270,7 +263,7 @@ def summarise(cfg: JobConfig, history: list[dict], best, run_dir: Path, topo: To
         "mode": cfg.mode,
         "method": cfg.method.name,
         "num_stages": topo.num_stages,
-        "num_modules": cfg.split.num_modules,
+        "num_modules": num_modules,
         "final_top1": history[-1].get("test_top1"),
         "best_top1": best[0] if best else None,
         "best_epoch": best[1] if best else None,

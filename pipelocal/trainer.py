@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from pipelocal.config import JobConfig, to_dict
-from pipelocal.metrics.console import Console
+from pipelocal.metrics.console import Console, epoch_line
 from pipelocal.metrics.jsonl import JsonlWriter
 from pipelocal.metrics.memory import SavedTensorMeter, cuda_peak_bytes, static_bytes
 from pipelocal.optim import build_optimizers, lr_at, set_lr
@@ -89,7 +89,7 @@ class Trainer:
             record["cuda_peak_bytes"] = cuda_peak_bytes(self.device)
             self.log.write(record)
             history.append(record)
-            self.console.print(_epoch_line(record))
+            self.console.print(epoch_line(record))
         summary = self._summary(history, best, best_epoch)
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         self.log.close()
@@ -114,11 +114,3 @@ class Trainer:
             "torch_threads": torch.get_num_threads(),
             "config": to_dict(self.cfg),
         }
-
-
-def _epoch_line(record: dict) -> str:
-    acc = record.get("test_top1")
-    modules = record.get("module_top1") or []
-    probes = " ".join("-" if a is None else f"{a:.3f}" for a in modules)
-    acc_text = f"test top-1 {acc:.4f}  per-module [{probes}]" if acc is not None else "no eval"
-    return f"epoch {record['epoch'] + 1}: {acc_text}  {record['samples_per_s']:.1f} samples/s"

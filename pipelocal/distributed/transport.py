@@ -185,7 +185,7 @@ class Receiver:
         self.device, self.max_rows = device, max_rows
         self._slots: dict[tuple, list] = {}  # (kind, metas) -> ring of buffer lists
         self._counts: dict[tuple, int] = {}
-        self._posted: deque = deque()  # (index, header buffer, tensor buffers, works)
+        self._posted: deque = deque()  # (plan index, [header, *tensor buffers], works)
         self._next_post = 0
         self.wait_s = 0.0
         for _ in range(depth):

@@ -30,6 +30,15 @@ def format_fields(fields: dict) -> str:
     return "  ".join(parts)
 
 
+def epoch_line(record: dict, rate_where: str = "") -> str:
+    """One line per epoch: test top-1, each module's probe top-1 (layer-wise separability), samples/s."""
+    acc = record.get("test_top1")
+    probes = " ".join("-" if a is None else f"{a:.3f}" for a in record.get("module_top1") or [])
+    text = f"test top-1 {acc:.4f}  per-module [{probes}]" if acc is not None else "no eval"
+    where = f" {rate_where}" if rate_where else ""
+    return f"epoch {record['epoch'] + 1}: {text}  {record['samples_per_s']:.1f} samples/s{where}"
+
+
 class Console:
     """Epoch progress and messages; ``kind`` is rich, plain or none."""
 

@@ -3,7 +3,6 @@
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -88,7 +87,6 @@ def test_a_stage_that_raises_ends_the_job_naming_it(tmp_path):
 
 
 def test_a_stuck_stage_surfaces_as_an_error_within_the_timeout(tmp_path):
-    start = time.perf_counter()
     out, seconds = torchrun(
         2,
         *TINY,
@@ -100,5 +98,5 @@ def test_a_stuck_stage_surfaces_as_an_error_within_the_timeout(tmp_path):
         env={"PIPELOCAL_INJECT_FAULT": "1:2:hang"},
     )
     assert out.returncode != 0
-    assert seconds < 40, f"took {time.perf_counter() - start:.0f}s"
+    assert seconds < 40, f"took {seconds:.0f}s"
     assert "could not send to stage 1" in out.stderr or "got no message" in out.stderr
