@@ -33,6 +33,11 @@ def lr_at(epoch: float, cfg: OptimConfig, epochs: int) -> float:
     return 0.5 * cfg.lr * (1 + math.cos(math.pi * min((epoch - cfg.warmup_epochs) / span, 1.0)))
 
 
+def lr_for_step(cfg, epoch: int, step: int, steps: int) -> float:
+    """The rate for ``step`` of ``steps`` in ``epoch``: fractional epochs with ``optim.per_step``, else per epoch."""
+    return lr_at(epoch + (step / steps if cfg.optim.per_step else 0.0), cfg.optim, cfg.train.epochs)
+
+
 def set_lr(optimizers, lr: float) -> None:
     for opt in optimizers:
         for group in opt.param_groups:

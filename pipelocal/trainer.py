@@ -12,7 +12,7 @@ from pipelocal.config import JobConfig, to_dict
 from pipelocal.metrics.console import Console, epoch_line
 from pipelocal.metrics.jsonl import JsonlWriter
 from pipelocal.metrics.memory import SavedTensorMeter, cuda_peak_bytes, static_bytes
-from pipelocal.optim import build_optimizers, lr_at, set_lr
+from pipelocal.optim import build_optimizers, lr_for_step, set_lr
 from pipelocal.runtime import LocalNet
 from pipelocal.schedules.sequential import evaluate, train_step
 
@@ -50,8 +50,7 @@ class Trainer:
             for i, batch in enumerate(self.train_loader):
                 if i == steps:
                     break
-                frac = epoch + (i / steps if cfg.optim.per_step else 0.0)
-                set_lr(self.optimizers, lr_at(frac, cfg.optim, cfg.train.epochs))
+                set_lr(self.optimizers, lr_for_step(cfg, epoch, i, steps))
                 result = train_step(self.net, batch, self.optimizers, cfg.optim.step == "per_module", self.meter)
                 self.saved_peak = [max(a, b) for a, b in zip(self.saved_peak, result.saved_peak)]
                 losses = torch.stack(result.losses)

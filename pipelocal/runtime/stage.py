@@ -35,12 +35,6 @@ class Stage:
         self.meter = SavedTensorMeter(p for m in self.modules for p in m.parameters()) if cfg.metrics.memory else None
         self.device = device
 
-    @property
-    def needs(self) -> set[str]:
-        """Batch fields this stage's heads read (a final classifier reads none)."""
-        is_aux = any(m.index != self.method.info.num_modules - 1 for m in self.modules)
-        return set(self.method.needs) if is_aux else set()
-
     def train(self, batch: Batch, on_output=None) -> StepResult:
         return local_step(
             self.modules, batch.x, batch, self.optimizers, self.per_module, self.meter, self.forward_first, on_output

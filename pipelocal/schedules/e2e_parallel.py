@@ -28,7 +28,7 @@ from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGP
 from torch.nn.parallel import DistributedDataParallel
 
 from pipelocal.data import build_loaders
-from pipelocal.optim import lr_at, set_lr
+from pipelocal.optim import lr_for_step, set_lr
 from pipelocal.runtime import build_local_net
 from pipelocal.runtime.stage import Stage
 from pipelocal.schedules import LOOPS
@@ -66,10 +66,7 @@ class _Loop:
         loss_sum = torch.zeros((), device=self.stage.device)
         start = time.perf_counter()
         for i in range(steps):
-            set_lr(
-                self.stage.optimizers,
-                lr_at(epoch + i / steps if cfg.optim.per_step else epoch, cfg.optim, cfg.train.epochs),
-            )
+            set_lr(self.stage.optimizers, lr_for_step(cfg, epoch, i, steps))
             batch = next(batches) if batches is not None else None
             for opt in self.stage.optimizers:
                 opt.zero_grad(set_to_none=True)

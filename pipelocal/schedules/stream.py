@@ -29,7 +29,7 @@ from pipelocal.distributed.transport import (
     decode_header,
     encode_header,
 )
-from pipelocal.optim import lr_at, set_lr
+from pipelocal.optim import lr_for_step, set_lr
 from pipelocal.runtime import build_local_net
 from pipelocal.runtime.stage import Stage
 from pipelocal.schedules import LOOPS
@@ -174,9 +174,7 @@ class StageLoop:
         for i in range(steps):
             if self._fault and self._fault[0] == self.step:
                 _inject(self._fault[1], self.stage_index, self.step)
-            set_lr(
-                stage.optimizers, lr_at(epoch + (i / steps if cfg.optim.per_step else 0.0), cfg.optim, cfg.train.epochs)
-            )
+            set_lr(stage.optimizers, lr_for_step(cfg, epoch, i, steps))
             batch = self._inputs(loader_iter)
             on_output = (
                 None if self.sender is None else (lambda h, b=batch, t=self.step: self._send(Kind.DATA, t, b, h))

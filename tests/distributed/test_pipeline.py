@@ -7,7 +7,7 @@ import torch
 
 from pipelocal.checkpoint import load_merged
 from pipelocal.data import build_loaders
-from pipelocal.optim import build_optimizers
+from pipelocal.optim import build_optimizers, lr_for_step, set_lr
 from pipelocal.runtime import build_local_net
 from pipelocal.schedules.sequential import train_step
 from tests.conftest import tiny_config
@@ -21,13 +21,11 @@ def sequential_state(overrides: list[str]) -> dict:
     loader, _, info = build_loaders(cfg.data, torch.device("cpu"), cfg.train.seed)
     net = build_local_net(cfg, info)
     opts = build_optimizers(net.local_modules, cfg.optim)
-    from pipelocal.optim import lr_at, set_lr
-
     steps = min(len(loader), cfg.train.max_steps)
     for i, batch in enumerate(loader):
         if i == steps:
             break
-        set_lr(opts, lr_at(i / steps, cfg.optim, cfg.train.epochs))
+        set_lr(opts, lr_for_step(cfg, 0, i, steps))
         train_step(net, batch, opts, cfg.optim.step == "per_module")
     return net.state_dict()
 
