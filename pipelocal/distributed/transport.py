@@ -74,6 +74,9 @@ def header_size(max_rows: int) -> int:
 
 
 def encode_header(kind: Kind, step: int, valid: int, metas, labels: torch.Tensor, max_rows: int) -> torch.Tensor:
+    # Built on the host. On CUDA, labels.to("cpu") below is a device-to-host sync point per message, and so
+    # is decode_header's tolist(): free under gloo, a lost CPU run-ahead under NCCL. Known, not yet mended
+    # (pinned buffers and a side-stream copy, or headers over the gloo control group, would remove it).
     header = torch.zeros(header_size(max_rows), dtype=torch.int64)
     header[:4] = torch.tensor([int(kind), step, valid, len(metas)])
     for i, meta in enumerate(metas):
