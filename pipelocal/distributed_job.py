@@ -21,7 +21,7 @@ from pipelocal.checkpoint import save_stage
 from pipelocal.config import JobConfig, dump_yaml, to_dict
 from pipelocal.data import build_loaders
 from pipelocal.distributed.setup import Groups, Topology, destroy_distributed, init_distributed
-from pipelocal.metrics.console import Console, epoch_line
+from pipelocal.metrics.console import Console, epoch_line, stage_row
 from pipelocal.metrics.jsonl import JsonlWriter
 from pipelocal.metrics.live import LiveCollector, LiveReporter
 from pipelocal.metrics.memory import cuda_peak_bytes
@@ -184,16 +184,16 @@ def _live_hook(loop, every: int, collector, reporter, console: Console, stage_in
 
 
 def _live_row(r: dict) -> list:
-    return [
-        int(r["stage"]),
-        round(r["samples_per_s"], 1),
-        round(r["compute_frac"], 3),
-        round(r["recv_wait_frac"], 3),
-        round(r["send_wait_frac"], 3),
-        round(r["staleness"], 2),
-        round(r["loss"], 4),
-        round(r["saved_mib"], 1),
-    ]
+    return stage_row(
+        r["stage"],
+        r["samples_per_s"],
+        r["compute_frac"],
+        r["recv_wait_frac"],
+        r["send_wait_frac"],
+        r["staleness"],
+        r["loss"],
+        r["saved_mib"],
+    )
 
 
 def epoch_record(epoch: int, gathered: list[dict]) -> dict:
@@ -227,16 +227,16 @@ def epoch_record(epoch: int, gathered: list[dict]) -> dict:
 
 def stage_rows(record: dict) -> list[list]:
     return [
-        [
+        stage_row(
             s["stage"],
-            round(s["samples_per_s"], 1),
-            round(s["utilisation"], 3),
-            round(s["recv_wait_frac"], 3),
-            round(s["send_wait_frac"], 3),
-            round(s["staleness_mean"], 2),
-            round(s["loss"][-1], 4) if s["loss"] else None,
-            round(max(s["saved_bytes_peak"] or [0]) / 2**20, 1),
-        ]
+            s["samples_per_s"],
+            s["utilisation"],
+            s["recv_wait_frac"],
+            s["send_wait_frac"],
+            s["staleness_mean"],
+            s["loss"][-1] if s["loss"] else None,
+            max(s["saved_bytes_peak"] or [0]) / 2**20,
+        )
         for s in record["stages"]
     ]
 

@@ -39,6 +39,23 @@ def epoch_line(record: dict, rate_where: str = "") -> str:
     return f"epoch {record['epoch'] + 1}: {text}  {record['samples_per_s']:.1f} samples/s{where}"
 
 
+STAGE_COLUMNS = ["stage", "samples/s", "util", "wait recv", "wait send", "staleness", "loss", "saved MiB"]
+
+
+def stage_row(stage, samples_per_s, utilisation, recv_wait, send_wait, staleness, loss, saved_mib) -> list:
+    """One row of the all-stage table, in :data:`STAGE_COLUMNS` order (fractions of wall time, MiB)."""
+    return [
+        int(stage),
+        round(samples_per_s, 1),
+        round(utilisation, 3),
+        round(recv_wait, 3),
+        round(send_wait, 3),
+        round(staleness, 2),
+        None if loss is None else round(loss, 4),
+        round(saved_mib, 1),
+    ]
+
+
 class Console:
     """Epoch progress and messages; ``kind`` is rich, plain or none."""
 
@@ -85,7 +102,7 @@ class Console:
 
     def stage_table(self, title: str, rows: list[list]) -> None:
         """The all-stage table (pipeline mode): redrawn in place on a terminal, plain lines otherwise."""
-        columns = ["stage", "samples/s", "util", "wait recv", "wait send", "staleness", "loss", "saved MiB"]
+        columns = STAGE_COLUMNS
         if self.kind != "rich":
             for row in rows:
                 self.print(f"{title} | " + "  ".join(f"{c} {_cell(v)}" for c, v in zip(columns, row)))
