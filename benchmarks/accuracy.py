@@ -1,14 +1,17 @@
 """Train a list of configs to completion and tabulate final/best test top-1, samples/s and memory.
 
     python benchmarks/accuracy.py configs/fmnist/{e2e,greedy_k4,dgl_k4,infopro_k4}.yaml --set train.epochs=3
+    python benchmarks/accuracy.py configs/fmnist/infopro_guided_k4.yaml@guidance.every=50 ...
 
 Each config runs in its own process (``python -m pipelocal.run``), one after the other, with the same
-overrides; the table, JSON, CSV and a PNG land under benchmarks/results/<hardware>-<date>/accuracy/.
+overrides (``--set``) plus its own (``CONFIG@key=value,key=value``); the table, JSON, CSV and a PNG land
+under benchmarks/results/<hardware>-<date>/accuracy/ (or ``--out``). ``--resume`` keeps runs that finished.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import time
 from pathlib import Path
@@ -22,18 +25,33 @@ COLUMNS = [
     "final top-1",
     "best top-1 (epoch)",
     "samples/s",
+    "guided steps",
+    "train minutes",
     "peak saved MiB (max module)",
     "saved MiB per module",
     "minutes",
 ]
 
 
-def run_one(config: str, overrides: list[str], run_root: Path, nproc: int) -> dict:
-    name = Path(config).stem
+def parse_spec(spec: str) -> tuple[str, str, list[str]]:
+    """``CONFIG[@key=value,...]`` -> (config path, run name, overrides)."""
+    config, _, extra = spec.partition("@")
+    pairs = [kv for kv in extra.split(",") if kv]
+    name = Path(config).stem + "".join(f"-{kv.split('.')[-1]}" for kv in pairs)
+    return config, name, [f"--{kv}" for kv in pairs]
+
+
+def run_one(spec: str, overrides: list[str], run_root: Path, nproc: int, resume: bool) -> dict:
+    config, name, own = parse_spec(spec)
+    summary_path = run_root / name / "summary.json"
+    if resume and summary_path.exists():
+        print(f"# {name}: finished before, kept ({summary_path})", flush=True)
+        return json.loads(summary_path.read_text())
     args = [
         "--config",
         config,
         *overrides,
+        *own,
         f"--metrics.out_dir={run_root}",
         f"--metrics.run_name={name}",
         "--metrics.console=plain",
@@ -46,16 +64,20 @@ def run_one(config: str, overrides: list[str], run_root: Path, nproc: int) -> di
     return summary
 
 
-def row(config: str, s: dict) -> list:
+def row(spec: str, s: dict) -> list:
     mib = [round(b / 2**20, 1) for b in s["saved_bytes_peak"]]
     best = f"{s['best_top1']:.4f} ({s['best_epoch'] + 1})"
+    guided = f"{s['guidance_steps']} / {s['steps']}" if "steps" in s else "-"
+    minutes = round(s["train_seconds"] / 60, 1) if "train_seconds" in s else None
     return [
-        Path(config).stem,
+        parse_spec(spec)[1],
         s["method"],
         s["num_modules"],
         s["final_top1"],
         best,
         round(s["samples_per_s_median"], 1),
+        guided,
+        minutes,
         max(mib),
         " / ".join(map(str, mib)),
         round(s["minutes"], 1),
@@ -75,7 +97,7 @@ def plot(folder: Path, rows: list[list]) -> None:
     axes[0].set_ylim(min(r[3] for r in rows) - 0.05, 1.0)
     axes[1].bar(names, [r[5] for r in rows])
     axes[1].set_title("train samples/s (median epoch)")
-    axes[2].bar(names, [r[6] for r in rows])
+    axes[2].bar(names, [r[COLUMNS.index("peak saved MiB (max module)")] for r in rows])
     axes[2].set_title("peak saved activations, MiB (largest module)")
     for ax in axes:
         ax.tick_params(axis="x", rotation=30)
@@ -86,14 +108,15 @@ def plot(folder: Path, rows: list[list]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("configs", nargs="+")
+    parser.add_argument("configs", nargs="+", help="CONFIG or CONFIG@section.key=value,section.key=value")
     parser.add_argument("--set", nargs="*", default=[], help="overrides for every config, as section.key=value")
     parser.add_argument("--out", help="results folder (default: benchmarks/results/<hardware>-<date>/accuracy)")
     parser.add_argument("--nproc", type=int, default=1, help="processes per run (torchrun), for multi-process modes")
+    parser.add_argument("--resume", action="store_true", help="keep runs whose summary.json exists in the folder")
     args = parser.parse_args()
     folder = results_dir("accuracy", args.out)
     overrides = [f"--{kv}" for kv in args.set]
-    summaries = [run_one(c, overrides, folder / "runs", args.nproc) for c in args.configs]
+    summaries = [run_one(c, overrides, folder / "runs", args.nproc, args.resume) for c in args.configs]
     rows = [row(c, s) for c, s in zip(args.configs, summaries)]
     header = (
         f"# Accuracy, throughput and memory per method\n\nhardware: {hardware()}, torch threads: "
@@ -103,7 +126,8 @@ def main() -> None:
         + " ".join(args.configs)
         + (" --set " + " ".join(args.set) if args.set else "")
         + "\n\nbest top-1 is the best over evaluated epochs (what the papers report); final is the last epoch's."
-        " samples/s is the median over epochs of training samples per second (evaluation excluded)."
+        " samples/s is the median over epochs of training samples per second (evaluation excluded); train minutes"
+        " sums the epochs' training time. guided steps: end-to-end guidance steps / all steps."
     )
     meta = {"hardware": hardware(), "summaries": summaries}
     print(write_outputs(folder, "accuracy", COLUMNS, rows, meta, header))

@@ -89,6 +89,35 @@ class MethodConfig:
         "infopro: (λ1 first, λ2 first, λ1 last, λ2 last); module i interpolates with ratio i/(K-2)",
     )
     temperature: float = option(0.07, "infopro contrast: temperature")
+    aux_depth: int = option(2, "auglocal: d, the depth (blocks) of the first aux net")
+    depth_decay: float = option(0.5, "auglocal: c, aux i has depth max(1, round(d(1 - ic/(K-2)) + ic/(K-2)))")
+    wx: float = option(0.001, "mlaan: weight of the independent probe (avg pool -> linear) on each module")
+    wy: float = option(0.999, "mlaan: weight of the cascade loss through the leap augmented module")
+    cascade_span: int = option(
+        2, "mlaan: modules a cascade loss trains, ending at its own (2, or 3 as in DGL/InfoPro+)"
+    )
+    ema_momentum: float = option(0.995, "mlaan: m in ema <- m*ema + (1-m)*live for the LAM's frozen copy")
+    ema_update: str = option(
+        "all",
+        "mlaan: refresh every aux net's EMA copy, or only the last one (the released code's quirk)",
+        ("all", "last"),
+    )
+
+
+@dataclass
+class GuidanceConfig:
+    every: int = option(0, "periodic global guidance (PGL): one end-to-end step every N steps (0: off)")
+    mode: str = option(
+        "sync", "pipeline: wait for the guidance gradient (sync) or apply it late (async)", ("sync", "async")
+    )
+    combine: str = option(
+        "replace",
+        "at a guidance step: only the end-to-end gradient (replace), or local + weight * end-to-end (add)",
+        ("replace", "add"),
+    )
+    weight: float = option(1.0, "scale of the end-to-end gradient at a guidance step")
+    warmup_epochs: int = option(0, "train end-to-end only (every step a guidance step) for the first N epochs")
+    until_epoch: int | None = option(None, "no guidance from this epoch on (0-based; None: to the end)")
 
 
 @dataclass
@@ -153,6 +182,7 @@ class JobConfig:
     data: DataConfig = field(default_factory=DataConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
+    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
@@ -182,6 +212,22 @@ class JobConfig:
                 f"mode=pipeline streams local methods (span 1); method.name='{self.method.name}' spans every module. "
                 "Use mode=e2e (or the ddp/gpipe/1f1b baselines) for end-to-end training"
             )
+        if self.mode == "pipeline" and (self.guidance.every or METHODS.get(self.method.name).cross_module):
+            raise ConfigError(
+                f"mode=pipeline does not carry gradients between stages yet (method.name='{self.method.name}', "
+                f"guidance.every={self.guidance.every}); run them with mode=sequential"
+            )
+        if (self.guidance.every or self.guidance.warmup_epochs) and self.mode in ("e2e", "ddp", "gpipe", "1f1b"):
+            raise ConfigError(
+                f"guidance adds end-to-end steps to local learning; mode={self.mode} is end-to-end already. "
+                "Set guidance.every=0 and guidance.warmup_epochs=0, or use mode=sequential with a local method"
+            )
+        if self.guidance.every < 0 or self.guidance.warmup_epochs < 0:
+            raise ConfigError("guidance.every and guidance.warmup_epochs must be 0 (off) or positive")
+        if self.method.cascade_span not in (2, 3):
+            raise ConfigError(f"method.cascade_span={self.method.cascade_span}: MLAAN cascades span 2 or 3 modules")
+        if self.method.aux_depth < 1:
+            raise ConfigError(f"method.aux_depth={self.method.aux_depth} must be at least 1")
         if self.pipeline.queue_depth < 1:
             raise ConfigError(f"pipeline.queue_depth={self.pipeline.queue_depth} must be at least 1")
         if self.mode in ("ddp", "gpipe", "1f1b") and self.method.name != "e2e":

@@ -10,10 +10,15 @@ from pipelocal.config import OptimConfig
 
 
 def build_optimizers(modules, cfg: OptimConfig) -> list[torch.optim.SGD]:
-    """One SGD per local module (body + head). Same math as one optimizer: SGD is per parameter."""
+    """One SGD per local module (body + head). Same math as one optimizer: SGD is per parameter. Frozen
+    parameters (MLAAN's EMA copies) are not in it."""
     return [
         torch.optim.SGD(
-            m.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay
+            [p for p in m.parameters() if p.requires_grad],
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.nesterov,
+            weight_decay=cfg.weight_decay,
         )
         for m in modules
     ]

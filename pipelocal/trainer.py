@@ -14,6 +14,7 @@ from pipelocal.metrics.jsonl import JsonlWriter
 from pipelocal.metrics.memory import SavedTensorMeter, cuda_peak_bytes, static_bytes
 from pipelocal.optim import build_optimizers, lr_for_step, set_lr
 from pipelocal.runtime import LocalNet
+from pipelocal.runtime.guidance import guide_for
 from pipelocal.schedules.sequential import evaluate, train_step
 
 
@@ -32,6 +33,7 @@ class Trainer:
         self.console = console
         self.saved_peak = [0] * net.num_modules
         self.step = 0
+        self.guided_steps = 0
 
     def steps_per_epoch(self) -> int:
         n = len(self.train_loader)
@@ -41,7 +43,8 @@ class Trainer:
         cfg, steps = self.cfg, self.steps_per_epoch()
         self.net.train()
         self.train_loader.set_epoch(epoch)
-        loss_sum = None
+        loss_sum, local_steps = None, 0
+        guide_sum, guided = None, 0
         samples = 0
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -51,26 +54,47 @@ class Trainer:
                 if i == steps:
                     break
                 set_lr(self.optimizers, lr_for_step(cfg, epoch, i, steps))
-                result = train_step(self.net, batch, self.optimizers, cfg.optim.step == "per_module", self.meter)
+                guide = guide_for(cfg.guidance, epoch, self.step)
+                per_module = cfg.optim.step == "per_module"
+                result = train_step(self.net, batch, self.optimizers, per_module, self.meter, guide)
                 self.saved_peak = [max(a, b) for a, b in zip(self.saved_peak, result.saved_peak)]
                 losses = torch.stack(result.losses)
-                loss_sum = losses if loss_sum is None else loss_sum + losses
+                if result.guided:  # the final loss of an end-to-end step; local losses are not all computed
+                    guide_sum = losses[-1] if guide_sum is None else guide_sum + losses[-1]
+                    guided += 1
+                else:
+                    loss_sum = losses if loss_sum is None else loss_sum + losses
+                    local_steps += 1
                 samples += len(batch)
                 self.step += 1
-                self._epoch_steps = i + 1
                 if (i + 1) % cfg.metrics.log_every == 0 or i + 1 == steps:
-                    self._log_interval(epoch, i + 1, losses, samples / (time.perf_counter() - start), update)
+                    rate = samples / (time.perf_counter() - start)
+                    self._log_interval(epoch, i + 1, losses, rate, update, guided)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # timing must include queued kernels
         seconds = time.perf_counter() - start
-        mean_losses = (loss_sum / self._epoch_steps).tolist() if loss_sum is not None else []
-        return {"train_seconds": seconds, "samples_per_s": samples / seconds, "train_loss": mean_losses}
+        self.guided_steps += guided
+        return {
+            "train_seconds": seconds,
+            "samples_per_s": samples / seconds,
+            "train_loss": (loss_sum / local_steps).tolist() if loss_sum is not None else [],
+            "guidance_steps": guided,
+            "guidance_loss": (guide_sum / guided).item() if guided else None,
+        }
 
-    def _log_interval(self, epoch: int, step: int, losses: torch.Tensor, rate: float, update) -> None:
+    def _log_interval(self, epoch: int, step: int, losses: torch.Tensor, rate: float, update, guided: int) -> None:
         values = losses.tolist()  # host sync, once per log interval only
         lr = self.optimizers[0].param_groups[0]["lr"]
         self.log.write(
-            {"kind": "interval", "epoch": epoch, "step": self.step, "lr": lr, "loss": values, "samples_per_s": rate}
+            {
+                "kind": "interval",
+                "epoch": epoch,
+                "step": self.step,
+                "lr": lr,
+                "loss": values,
+                "samples_per_s": rate,
+                "guidance_steps": guided,
+            }
         )
         update(step, {"loss": values[-1], "lr": lr, "samples/s": round(rate, 1)})
 
@@ -105,6 +129,9 @@ class Trainer:
             "best_top1": best,
             "best_epoch": best_epoch,
             "samples_per_s_median": rates[len(rates) // 2],
+            "train_seconds": sum(h["train_seconds"] for h in history),
+            "steps": self.step,
+            "guidance_steps": self.guided_steps,
             "saved_bytes_peak": self.saved_peak,
             "saved_bytes_peak_max": max(self.saved_peak),
             **static_bytes(self.net, self.optimizers),

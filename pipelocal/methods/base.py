@@ -1,13 +1,16 @@
 """What a method is: a factory of auxiliary heads, each an nn.Module that returns its local loss.
 
 A head follows timm's "model + loss in one module returning a dict" shape: ``head(h, batch)`` returns
-``{"loss": scalar, "logits": (N, classes) or None, ...named loss terms}``. The trainer, schedules and
-pipeline know only this interface; a new method is a new registered class and nothing else.
+``{"loss": scalar, "logits": (N, classes) or None, ...named loss terms}``. A head whose losses reach back
+over more than its own module (MLAAN's cascade) also returns ``"terms": [(loss, span), ...]``; without
+it the whole ``loss`` has the span the method gives the module. The trainer, schedules and pipeline know
+only this interface; a new method is a new registered class and nothing else.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +31,12 @@ class NetInfo:
     input_shape: tuple[int, int, int]
     module_shapes: tuple[tuple[int, int, int], ...]  # output (C, H, W) of each module
     final_width: int  # channels entering the classifier
+    module_ends: tuple[int, ...] = ()  # index of the last unit of each module
+    backbone: Any = None  # the Backbone being cut (unit shapes, positions, new_block); read, never owned
+
+
+def unit_shapes(info: NetInfo) -> list[tuple[int, int, int]]:
+    return info.backbone.unit_shapes(info.input_shape)
 
 
 class Head(nn.Module):
@@ -36,6 +45,10 @@ class Head(nn.Module):
     def logits(self, h: torch.Tensor) -> torch.Tensor | None:
         """Class scores for accuracy, or None when the head has none (a contrastive embedding)."""
         return None
+
+    def after_step(self, live_unit) -> None:
+        """Called once per batch after the optimizer steps; ``live_unit(u)`` gives backbone unit u as trained
+        now (MLAAN's EMA copies follow it). Most heads keep no state beyond their parameters."""
 
 
 class CrossEntropyHead(Head):
@@ -58,6 +71,7 @@ class LocalMethod:
 
     name = "base"
     span_all = False  # True: one loss spans every module (e2e); False: span 1, outputs detached
+    cross_module = False  # True: some loss trains more than its own module (MLAAN's cascade)
     needs: tuple[str, ...] = ()  # extra batch fields the heads read (e.g. "raw"); travel with the batch
 
     def __init__(self, cfg: MethodConfig, info: NetInfo):
@@ -69,4 +83,12 @@ class LocalMethod:
         raise NotImplementedError
 
     def span(self) -> int:
-        return self.info.num_modules if self.span_all else 1
+        """The longest reach of any loss, in modules."""
+        return max((max(s, default=1) for s in map(self.loss_spans, range(self.info.num_modules))), default=1)
+
+    def loss_spans(self, index: int) -> tuple[int, ...]:
+        """Spans of module ``index``'s loss terms, in the order its head returns them (() for no loss)."""
+        last = index == self.info.num_modules - 1
+        if self.span_all:
+            return (self.info.num_modules,) if last else ()
+        return (1,)

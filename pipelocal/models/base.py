@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -13,16 +14,25 @@ class Backbone(nn.Module):
     """Units applied in order, then ``classifier``; the pieces that split.py cuts into local modules.
 
     ``positions[i]`` is unit i's ``(stage, block)`` address used by the papers' split tables
-    (``(0, 0)`` is the stem).
+    (``(0, 0)`` is the stem). ``new_block(in_channels, out_channels, stride)`` builds a fresh, initialised
+    block of the backbone's own kind (basic or bottleneck), for aux nets shaped like later units (AugLocal).
     """
 
-    def __init__(self, units: list[nn.Module], classifier: nn.Module, positions: list[tuple[int, int]]):
+    def __init__(
+        self,
+        units: list[nn.Module],
+        classifier: nn.Module,
+        positions: list[tuple[int, int]],
+        new_block: Callable[[int, int, int], nn.Module],
+    ):
         super().__init__()
         if len(units) != len(positions):
             raise ValueError("every unit needs a (stage, block) position")
         self.units = nn.ModuleList(units)
         self.classifier = classifier
         self.positions = positions
+        self.new_block = new_block
+        self._shapes: dict[tuple, list] = {}
 
     @property
     def num_units(self) -> int:
@@ -35,13 +45,16 @@ class Backbone(nn.Module):
 
     @torch.no_grad()
     def unit_shapes(self, input_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
-        """Per-unit output shape (C, H, W) for one sample of ``input_shape``, by a dry forward on meta."""
-        x = torch.empty((2, *input_shape), device="meta")
-        shapes = []
-        for unit in self.units:
-            x = _meta_forward(unit, x)
-            shapes.append(tuple(x.shape[1:]))
-        return shapes
+        """Per-unit output shape (C, H, W) for one sample of ``input_shape``, by a dry forward on meta (cached)."""
+        key = tuple(input_shape)
+        if key not in self._shapes:
+            x = torch.empty((2, *input_shape), device="meta")
+            shapes = []
+            for unit in self.units:
+                x = _meta_forward(unit, x)
+                shapes.append(tuple(x.shape[1:]))
+            self._shapes[key] = shapes
+        return list(self._shapes[key])
 
 
 def _meta_forward(unit: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -50,6 +50,12 @@ def cifar_resnet(depth: int, in_channels: int, num_classes: int, norm: str = "ba
             units.append(BasicBlock(width, out_width, stride, layer))
             positions.append((stage, block))
             width = out_width
-    net = Backbone(units, Classifier(64, num_classes), positions)
+
+    def new_block(in_width: int, out_width: int, stride: int) -> BasicBlock:
+        block = BasicBlock(in_width, out_width, stride, layer)
+        init_weights(block)
+        return block
+
+    net = Backbone(units, Classifier(64, num_classes), positions, new_block)
     init_weights(net)
     return net

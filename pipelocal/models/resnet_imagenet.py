@@ -9,7 +9,22 @@ from pipelocal.models.base import Backbone, Classifier, init_weights, norm_layer
 from pipelocal.models.registry import MODELS
 
 
-def _from_torchvision(tv: resnet.ResNet, in_channels: int, num_classes: int) -> Backbone:
+def _block_builder(kind: type[nn.Module], norm):
+    """Fresh torchvision blocks of ``kind`` (BasicBlock or Bottleneck) by output width, with a projection
+    shortcut when the stride or the width changes."""
+
+    def new_block(in_width: int, out_width: int, stride: int) -> nn.Module:
+        downsample = None
+        if stride != 1 or in_width != out_width:
+            downsample = nn.Sequential(nn.Conv2d(in_width, out_width, 1, stride, bias=False), norm(out_width))
+        block = kind(in_width, out_width // kind.expansion, stride, downsample, norm_layer=norm)
+        init_weights(block)
+        return block
+
+    return new_block
+
+
+def _from_torchvision(tv: resnet.ResNet, in_channels: int, num_classes: int, norm) -> Backbone:
     if in_channels != 3:
         tv.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
     units: list[nn.Module] = [nn.Sequential(tv.conv1, tv.bn1, tv.relu, tv.maxpool)]
@@ -18,7 +33,8 @@ def _from_torchvision(tv: resnet.ResNet, in_channels: int, num_classes: int) -> 
         for block_index, block in enumerate(layer):
             units.append(block)
             positions.append((stage, block_index))
-    net = Backbone(units, Classifier(tv.fc.in_features, num_classes), positions)
+    new_block = _block_builder(type(tv.layer1[0]), norm)
+    net = Backbone(units, Classifier(tv.fc.in_features, num_classes), positions, new_block)
     init_weights(net)
     return net
 
@@ -27,7 +43,8 @@ def _register(name: str, builder):
     @MODELS.register(name)
     def build(depth: int, in_channels: int, num_classes: int, norm: str = "batch") -> Backbone:
         del depth  # fixed by the name
-        return _from_torchvision(builder(weights=None, norm_layer=norm_layer(norm)), in_channels, num_classes)
+        layer = norm_layer(norm)
+        return _from_torchvision(builder(weights=None, norm_layer=layer), in_channels, num_classes, layer)
 
     build.__doc__ = f"torchvision {name}, units = stem + one per block."
     return build

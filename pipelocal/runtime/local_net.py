@@ -15,10 +15,20 @@ from pipelocal.split import module_ranges
 class LocalModule(nn.Module):
     """Units ``[start, end)`` of the backbone and their head (None: trained through a later loss)."""
 
-    def __init__(self, index: int, units: list[nn.Module], head: Head | None, unit_range: tuple[int, int]):
+    def __init__(
+        self,
+        index: int,
+        units: list[nn.Module],
+        head: Head | None,
+        unit_range: tuple[int, int],
+        spans: tuple[int, ...] = (1,),
+        is_final: bool = False,
+    ):
         super().__init__()
         self.index = index
         self.unit_range = unit_range
+        self.spans = spans  # of the head's loss terms: how many modules each trains, ending here
+        self.is_final = is_final
         self.body = nn.Sequential(*units)
         self.head = head
 
@@ -37,6 +47,14 @@ class LocalNet(nn.Module):
     @property
     def num_modules(self) -> int:
         return len(self.local_modules)
+
+    def unit(self, u: int) -> nn.Module:
+        """Backbone unit ``u`` as it lives in its module's body."""
+        for module in self.local_modules:
+            start, end = module.unit_range
+            if start <= u < end:
+                return module.body[u - start]
+        raise IndexError(f"no module holds unit {u}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Plain inference: all bodies, then the final head's logits."""
@@ -72,11 +90,14 @@ def assemble(backbone: Backbone, ranges, method_cls, cfg: JobConfig, data: DataI
         input_shape=tuple(data.input_shape),
         module_shapes=tuple(shapes[end - 1] for _, end in ranges),
         final_width=shapes[-1][0],
+        module_ends=tuple(end - 1 for _, end in ranges),
+        backbone=backbone,
     )
     method = method_cls(cfg.method, info)
     modules = []
     for i, (start, end) in enumerate(ranges):
         is_last = i == len(ranges) - 1
         head = CrossEntropyHead(backbone.classifier) if is_last else method.build_head(i)
-        modules.append(LocalModule(i, list(backbone.units[start:end]), head, (start, end)))
+        spans = method.loss_spans(i)
+        modules.append(LocalModule(i, list(backbone.units[start:end]), head, (start, end), spans, is_last))
     return LocalNet(modules, method)

@@ -31,7 +31,6 @@ class UnitProfile:
 
 def profile_units(cfg: JobConfig, data: DataInfo, device: torch.device, repeats: int = 5) -> UnitProfile:
     backbone = backbone_for(cfg, data).to(device)
-    shapes = backbone.unit_shapes(data.input_shape)
     n, k = backbone.num_units, cfg.split.num_modules
     rows = cfg.data.batch_size
     raw = torch.rand(rows, *data.input_shape, device=device)
@@ -39,7 +38,7 @@ def profile_units(cfg: JobConfig, data: DataInfo, device: torch.device, repeats:
     prof = UnitProfile([], [], [], [])
     x = batch.x
     for u, unit in enumerate(backbone.units):
-        head = CrossEntropyHead(backbone.classifier) if u == n - 1 else _head_at(cfg, data, shapes, u, n, k)
+        head = CrossEntropyHead(backbone.classifier) if u == n - 1 else _head_at(cfg, data, backbone, u, k)
         head = head.to(device) if head is not None else None
         t_unit, b_unit, t_head, b_head, x = _measure(unit, head, x, batch, device, repeats)
         prof.unit_s.append(t_unit)
@@ -49,12 +48,25 @@ def profile_units(cfg: JobConfig, data: DataInfo, device: torch.device, repeats:
     return prof
 
 
-def _head_at(cfg: JobConfig, data: DataInfo, shapes, unit: int, num_units: int, num_modules: int):
+def _head_at(cfg: JobConfig, data: DataInfo, backbone, unit: int, num_modules: int):
     """The head a module ending at ``unit`` would get, with the index that module would likely have (for
-    per-module schedules such as InfoPro's λ)."""
-    index = min(round(unit / max(num_units - 1, 1) * (num_modules - 1)), num_modules - 2)
-    info = NetInfo(num_modules, data.num_classes, tuple(data.input_shape), (shapes[unit],) * num_modules, shapes[-1][0])
-    return METHODS.get(cfg.method.name)(cfg.method, info).build_head(max(index, 0))
+    per-module schedules such as InfoPro's λ or AugLocal's depth)."""
+    shapes = backbone.unit_shapes(data.input_shape)
+    n = len(shapes)
+    index = max(min(round(unit / max(n - 1, 1) * (num_modules - 1)), num_modules - 2), 0)
+    info = NetInfo(
+        num_modules,
+        data.num_classes,
+        tuple(data.input_shape),
+        (shapes[unit],) * num_modules,
+        shapes[-1][0],
+        module_ends=(unit,) * num_modules,
+        backbone=backbone,
+    )
+    method = METHODS.get(cfg.method.name)(cfg.method, info)
+    if not method.loss_spans(index) and num_modules > 2:
+        index = 1  # a module with no loss of its own (MLAAN's first): cost it as the next one's head
+    return method.build_head(index)
 
 
 def _measure(unit, head, x, batch, device, repeats):

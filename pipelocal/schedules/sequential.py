@@ -11,7 +11,7 @@ import torch
 from pipelocal.data import Batch
 from pipelocal.metrics.memory import SavedTensorMeter
 from pipelocal.runtime import LocalNet
-from pipelocal.runtime.step import StepResult, eval_step, local_step
+from pipelocal.runtime.step import Guide, StepResult, eval_step, local_step
 
 
 def train_step(
@@ -20,9 +20,15 @@ def train_step(
     optimizers: list[torch.optim.Optimizer],
     per_module: bool,
     meter: SavedTensorMeter | None = None,
+    guide: Guide | None = None,
 ) -> StepResult:
-    """One batch through every module; ``per_module`` steps each optimizer right after its backward (DGL)."""
-    return local_step(net.local_modules, batch.x, batch, optimizers, per_module, meter)
+    """One batch through every module; ``per_module`` steps each optimizer right after its last backward
+    (DGL); ``guide`` makes it a guidance step. Heads that follow other units (MLAAN's EMA) update after."""
+    result = local_step(net.local_modules, batch.x, batch, optimizers, per_module, meter, guide=guide)
+    for module in net.local_modules:
+        if module.head is not None:
+            module.head.after_step(net.unit)
+    return result
 
 
 @torch.no_grad()

@@ -1,0 +1,75 @@
+"""auglocal: aux nets of fresh blocks shaped like a uniform sample of the later units (Ma et al., ICLR 2024).
+
+The aux net after unit l mimics the rest of the network at a fraction of its depth: it samples d_l later
+units uniformly (always ending at the last one) and builds a *new* block of the backbone's own kind for
+each, with that unit's output width (no weights shared or copied), then avg pool -> [BN1d if d_l <= 1]
+-> linear. Depths decay linearly with the module index (METHODS §3).
+
+The authors' code uses K - d modules and folds the last d + 1 units into the final module; here K means
+K modules. To reproduce their setting give the boundaries explicitly (README, Methods).
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import nn
+
+from pipelocal.methods.base import METHODS, Head, LocalMethod, unit_shapes
+from pipelocal.models import init_weights
+
+
+def aux_depths(num_modules: int, depth: int, decay: float) -> list[int]:
+    """Depth of aux i = 0..K-2: ``max(1, round(d(1 - i c/(K-2)) + i c/(K-2)))`` (Python's round)."""
+    ratio = [i * decay / (num_modules - 2) if num_modules > 2 else 0.0 for i in range(num_modules - 1)]
+    return [max(1, round(depth * (1 - r) + r)) for r in ratio]
+
+
+def sampled_units(after: int, depth: int, num_units: int) -> list[int]:
+    """The later units the aux after unit ``after`` mimics: all of them if there are few enough, else
+    ``round(l + (n - l - 1) / d * j)`` for j = 1..d (the last is always the final unit)."""
+    if depth >= num_units - 1 - after:
+        return list(range(after + 1, num_units))
+    return [round(after + (num_units - after - 1) / depth * j) for j in range(1, depth + 1)]
+
+
+class AugLocalHead(Head):
+    def __init__(self, blocks: list[nn.Module], width: int, num_classes: int):
+        super().__init__()
+        self.blocks = nn.Sequential(*blocks)
+        norm = [nn.BatchNorm1d(width)] if len(blocks) <= 1 else []
+        self.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), *norm, nn.Linear(width, num_classes))
+        init_weights(self.classifier)
+
+    def logits(self, h):
+        return self.classifier(self.blocks(h))
+
+    def forward(self, h, batch):
+        logits = self.logits(h)
+        return {"loss": F.cross_entropy(logits, batch.y), "logits": logits}
+
+
+@METHODS.register("auglocal")
+class AugLocal(LocalMethod):
+    name = "auglocal"
+
+    def plan(self, index: int) -> list[tuple[int, int, int]]:
+        """(unit mimicked, width, stride) of each block of aux ``index``: stride 2 where the mimicked unit's
+        resolution is below the running one (on CIFAR ResNets: where the width doubles)."""
+        shapes = unit_shapes(self.info)
+        after = self.info.module_ends[index]
+        depth = aux_depths(self.info.num_modules, self.cfg.aux_depth, self.cfg.depth_decay)[index]
+        size = shapes[after][1]
+        plan = []
+        for u in sampled_units(after, depth, len(shapes)):
+            stride = 2 if shapes[u][1] < size else 1
+            size = -(-size // stride)
+            plan.append((u, shapes[u][0], stride))
+        return plan
+
+    def build_head(self, index):
+        width = self.info.module_shapes[index][0]
+        blocks = []
+        for _, out_width, stride in self.plan(index):
+            blocks.append(self.info.backbone.new_block(width, out_width, stride))
+            width = out_width
+        return AugLocalHead(blocks, width, self.info.num_classes)
