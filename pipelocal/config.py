@@ -97,6 +97,9 @@ class MethodConfig:
         2, "mlaan: modules a cascade loss trains, ending at its own (2, or 3 as in DGL/InfoPro+)"
     )
     ema_momentum: float = option(0.995, "mlaan: m in ema <- m*ema + (1-m)*live for the LAM's frozen copy")
+    ema_sync_every: int = option(
+        1, "mlaan in a pipeline: stages that own the blocks the EMA copies follow send their weights every N steps"
+    )
     ema_update: str = option(
         "all",
         "mlaan: refresh every aux net's EMA copy, or only the last one (the released code's quirk)",
@@ -207,16 +210,6 @@ class JobConfig:
 
         if self.method.name not in METHODS:
             raise ConfigError(f"method.name='{self.method.name}' is unknown; registered: {', '.join(METHODS.names())}")
-        if self.mode == "pipeline" and METHODS.get(self.method.name).span_all:
-            raise ConfigError(
-                f"mode=pipeline streams local methods (span 1); method.name='{self.method.name}' spans every module. "
-                "Use mode=e2e (or the ddp/gpipe/1f1b baselines) for end-to-end training"
-            )
-        if self.mode == "pipeline" and (self.guidance.every or METHODS.get(self.method.name).cross_module):
-            raise ConfigError(
-                f"mode=pipeline does not carry gradients between stages yet (method.name='{self.method.name}', "
-                f"guidance.every={self.guidance.every}); run them with mode=sequential"
-            )
         if (self.guidance.every or self.guidance.warmup_epochs) and self.mode in ("e2e", "ddp", "gpipe", "1f1b"):
             raise ConfigError(
                 f"guidance adds end-to-end steps to local learning; mode={self.mode} is end-to-end already. "

@@ -215,6 +215,12 @@ def epoch_record(epoch: int, gathered: list[dict]) -> dict:
                 "cuda_peak_bytes": g["cuda_peak_bytes"],
                 "wall_s": g["wall_s"],
                 "log_frac": g["log_s"] / wall,
+                "guided_steps": g["guided"],
+                "grad_wait_frac": g["grad_wait_s"] / wall,
+                "delay_mean": statistics.fmean(g["delays"]) if g["delays"] else None,
+                "delay_max": max(g["delays"]) if g["delays"] else None,
+                "kept_bytes_peak": g["kept_bytes_peak"],
+                "stash_bytes_peak": g["stash_bytes_peak"],
             }
         )
     record = {"kind": "epoch", "epoch": epoch, "stages": stages, "samples_per_s": stages[-1]["samples_per_s"]}
@@ -241,6 +247,11 @@ def stage_rows(record: dict) -> list[list]:
     ]
 
 
+def _mean_of(values) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.fmean(present) if present else None
+
+
 def summarise(cfg: JobConfig, history: list[dict], best, run_dir: Path, topo: Topology, num_modules: int) -> dict:
     per_stage = []
     for s in range(topo.num_stages):
@@ -257,6 +268,12 @@ def summarise(cfg: JobConfig, history: list[dict], best, run_dir: Path, topo: To
                 "saved_bytes_peak": [max(v) for v in zip(*[r["saved_bytes_peak"] for r in rows])],
                 "cuda_peak_bytes": rows[-1]["cuda_peak_bytes"],
                 "log_frac_median": statistics.median(r["log_frac"] for r in rows),
+                "guided_steps": sum(r["guided_steps"] for r in rows),
+                "grad_wait_frac_median": statistics.median(r["grad_wait_frac"] for r in rows),
+                "delay_mean": _mean_of(r["delay_mean"] for r in rows),
+                "delay_max": max((r["delay_max"] for r in rows if r["delay_max"] is not None), default=None),
+                "kept_bytes_peak": max(r["kept_bytes_peak"] for r in rows),
+                "stash_bytes_peak": max(r["stash_bytes_peak"] for r in rows),
             }
         )
     summary = {

@@ -5,6 +5,7 @@ are created in the same order on every rank (DESIGN §4, Channels):
 
 - ``forward``: activations downstream (the backend's p2p);
 - ``backward``: gradients upstream (guidance, cascades);
+- ``weights``: weights upstream, from the stage owning a block to a stage whose aux net follows it (MLAAN's EMA);
 - ``control``: gloo, collectives for start-up, epoch-end metrics and evaluation results;
 - ``stats``: gloo, point-to-point live metrics to rank 0 (kept apart from ``control`` because gloo
   collectives number their tags from 0 too, and p2p tags must not collide with them).
@@ -45,6 +46,7 @@ class Topology:
 class Groups:
     forward: dist.ProcessGroup
     backward: dist.ProcessGroup
+    weights: dist.ProcessGroup
     control: dist.ProcessGroup
     stats: dist.ProcessGroup
 
@@ -74,6 +76,7 @@ def init_distributed(timeout_s: float) -> tuple[Topology, Groups]:
     groups = Groups(
         forward=dist.new_group(backend=backend, timeout=timeout),
         backward=dist.new_group(backend=backend, timeout=timeout),
+        weights=dist.new_group(backend=backend, timeout=timeout),
         control=dist.new_group(backend="gloo", timeout=timeout),
         stats=dist.new_group(backend="gloo", timeout=timeout),
     )

@@ -212,6 +212,13 @@ class Receiver:
         self._posted.append((self._next_post, buffers, works))
         self._next_post += 1
 
+    def ready(self) -> bool:
+        """Has the next planned message's header landed? (Polling for late gradients; never for correctness.)"""
+        if not self._posted:
+            return False
+        _, buffers, works = self._posted[0]
+        return _arrived(buffers[0], works[0])
+
     def recv(self) -> tuple[Header, list[torch.Tensor], int]:
         """The next planned message: checked header, its tensors (views of fixed buffers), and staleness.
 

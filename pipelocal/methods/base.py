@@ -86,6 +86,11 @@ class LocalMethod:
         """The longest reach of any loss, in modules."""
         return max((max(s, default=1) for s in map(self.loss_spans, range(self.info.num_modules))), default=1)
 
+    def followed_units(self, index: int) -> list[int]:
+        """Backbone units whose live weights module ``index``'s head follows (MLAAN's EMA); in a pipeline they
+        are sent to its stage by the stages that own them."""
+        return []
+
     def loss_spans(self, index: int) -> tuple[int, ...]:
         """Spans of module ``index``'s loss terms, in the order its head returns them (() for no loss)."""
         last = index == self.info.num_modules - 1

@@ -103,12 +103,11 @@ class MLAANHead(Head):
 
 @torch.no_grad()
 def ema_update(ema: nn.Module, live: nn.Module, momentum: float) -> None:
-    """``ema <- m ema + (1 - m) live`` for every floating parameter and buffer (BN statistics included)."""
+    """``ema <- m ema + (1 - m) live`` for every floating parameter and buffer (BN statistics included); counters
+    (BN's ``num_batches_tracked``) stay the copy's own."""
     for e, x in zip(ema.state_dict().values(), live.state_dict().values()):
         if e.dtype.is_floating_point:
             e.mul_(momentum).add_(x.to(e.device), alpha=1 - momentum)
-        else:
-            e.copy_(x)
 
 
 @METHODS.register("mlaan")
@@ -121,6 +120,12 @@ class MLAAN(LocalMethod):
             return ()
         span = min(self.cfg.cascade_span, index + 1)
         return (span,) if index == self.info.num_modules - 1 else (1, span)
+
+    def followed_units(self, index):
+        k = self.info.num_modules
+        if index == 0 or index == k - 1 or (self.cfg.ema_update == "last" and index != k - 2):
+            return []
+        return lam_units(self.info.module_ends[index], self.info.backbone.positions)[:1]
 
     def build_head(self, index):
         if index == 0:
@@ -135,5 +140,5 @@ class MLAAN(LocalMethod):
             self.cfg,
             self.loss_spans(index)[-1],
         )
-        head.follow_ema = self.cfg.ema_update == "all" or index == self.info.num_modules - 2
+        head.follow_ema = bool(self.followed_units(index))
         return head

@@ -51,10 +51,10 @@ class LocalNet(nn.Module):
     def unit(self, u: int) -> nn.Module:
         """Backbone unit ``u`` as it lives in its module's body."""
         for module in self.local_modules:
-            start, end = module.unit_range
+            start, end = getattr(module, "unit_range", (0, 0))  # a pipeline stage holds only its own
             if start <= u < end:
                 return module.body[u - start]
-        raise IndexError(f"no module holds unit {u}")
+        raise IndexError(f"no module here holds unit {u}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Plain inference: all bodies, then the final head's logits."""

@@ -2,43 +2,60 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
 from pipelocal.config import JobConfig
-from pipelocal.data import Batch
 from pipelocal.metrics.memory import SavedTensorMeter
 from pipelocal.optim import build_optimizers
 from pipelocal.runtime.local_net import LocalNet
-from pipelocal.runtime.step import StepResult, eval_step, local_step
+from pipelocal.runtime.step import LocalStep, eval_step
 
 
 class Stage:
     """Modules ``[first, last)`` of a LocalNet built identically on every rank; the rest are dropped.
 
     State-dict keys keep the full net's names (``local_modules.i.*``), so a stage's checkpoint and a
-    sequential run's are interchangeable.
+    sequential run's are interchangeable. Backbone units that this stage's heads follow but other stages
+    own (MLAAN's EMA sources) are kept as copies, refreshed by the stage loop from their owners.
     """
 
     def __init__(self, net: LocalNet, module_range: tuple[int, int], cfg: JobConfig, device: torch.device):
         self.first, self.last = module_range
         self.indices = list(range(self.first, self.last))
         self.output_shape = net.method.info.module_shapes[self.last - 1]  # from the build's dry forward
+        own_units = range(net.local_modules[self.first].unit_range[0], net.local_modules[self.last - 1].unit_range[1])
+        self.followed = sorted({u for i in self.indices for u in _followed(net.local_modules[i])})
+        self.copies = {u: copy.deepcopy(net.unit(u)).to(device) for u in self.followed if u not in own_units}
         for i in range(net.num_modules):
             if i not in self.indices:
                 net.local_modules[i] = nn.Identity()  # free what other stages own
+        self.net = net
         self.modules = [net.local_modules[i].to(device) for i in self.indices]
         self.method = net.method
         self.optimizers = build_optimizers(self.modules, cfg.optim)
         self.per_module = cfg.optim.step == "per_module"
         self.forward_first = cfg.pipeline.stage_order == "forward_first"
+        self.asynchronous = cfg.guidance.mode == "async"
         self.meter = SavedTensorMeter(p for m in self.modules for p in m.parameters()) if cfg.metrics.memory else None
         self.device = device
 
-    def train(self, batch: Batch, on_output=None) -> StepResult:
-        return local_step(
-            self.modules, batch.x, batch, self.optimizers, self.per_module, self.meter, self.forward_first, on_output
+    def begin(self, spans) -> LocalStep:
+        """A training step of this stage's modules, given every module's term spans on this batch."""
+        return LocalStep(
+            self.modules, self.optimizers, self.per_module, spans, self.meter, self.forward_first, self.asynchronous
         )
+
+    def unit(self, u: int) -> nn.Module:
+        """Backbone unit ``u``: live when this stage owns it, else the latest copy received."""
+        return self.copies[u] if u in self.copies else self.net.unit(u)
+
+    def after_step(self) -> None:
+        for m in self.modules:
+            if m.head is not None:
+                m.head.after_step(self.unit)
 
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
         return eval_step(self.modules, x, y, correct)
@@ -53,3 +70,23 @@ class Stage:
             for i, m in zip(self.indices, self.modules)
             for k, v in m.state_dict().items()
         }
+
+
+def _followed(module) -> list[int]:
+    """Units whose live weights this module's head follows (MLAAN: the EMA copy's source)."""
+    head = module.head
+    return [head.units[0]] if head is not None and getattr(head, "follow_ema", False) else []
+
+
+def flat_state(module: nn.Module) -> torch.Tensor:
+    """The floating tensors of ``module``'s state, in one vector (what travels on the weights channel)."""
+    return torch.cat([t.detach().reshape(-1) for t in module.state_dict().values() if t.dtype.is_floating_point])
+
+
+@torch.no_grad()
+def load_flat_state(module: nn.Module, flat: torch.Tensor) -> None:
+    offset = 0
+    for t in module.state_dict().values():
+        if t.dtype.is_floating_point:
+            t.copy_(flat[offset : offset + t.numel()].view_as(t))
+            offset += t.numel()

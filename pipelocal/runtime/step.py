@@ -38,18 +38,31 @@ class StepResult:
     output: torch.Tensor  # the last module's output, detached
     losses: list[torch.Tensor]  # one detached scalar per head that ran (no host sync here)
     saved_peak: list[int] = field(default_factory=list)  # live saved bytes seen while each module ran
-    upstream: list[tuple[torch.Tensor, int]] = field(default_factory=list)  # (grad of the input, span left)
     guided: bool = False
 
 
-def term_spans(module, guide: Guide | None) -> tuple[int, ...]:
-    """Spans of the loss terms ``module`` backpropagates on this batch."""
+def guided_spans(spans: tuple[int, ...], index: int, is_final: bool, guide: Guide | None) -> tuple[int, ...]:
+    """Spans of the loss terms module ``index`` backpropagates on a batch with ``guide``."""
     if guide is None:
-        return module.spans
-    if not module.is_final:
-        return () if guide.combine == "replace" else module.spans
-    end_to_end = (module.index + 1,)
-    return end_to_end if guide.combine == "replace" else module.spans + end_to_end
+        return spans
+    if not is_final:
+        return () if guide.combine == "replace" else spans
+    end_to_end = (index + 1,)
+    return end_to_end if guide.combine == "replace" else spans + end_to_end
+
+
+def net_spans(method, guide: Guide | None) -> list[tuple[int, ...]]:
+    """Every module's term spans on a batch with ``guide``: what each stage needs to know of the others."""
+    k = method.info.num_modules
+    return [guided_spans(method.loss_spans(i), i, i == k - 1, guide) for i in range(k)]
+
+
+def crossing_spans(spans: list[tuple[int, ...]], boundary: int) -> list[int]:
+    """Gradients that cross from module ``boundary`` into module ``boundary - 1``, by the span they have left
+    there (each becomes one tensor of a GRAD message between stages; equal ones are summed)."""
+    return sorted(
+        {s - (o - boundary + 1) for o in range(boundary, len(spans)) for s in spans[o] if s > o - boundary + 1}
+    )
 
 
 def local_step(
@@ -63,40 +76,164 @@ def local_step(
     on_output: Callable[[torch.Tensor], None] | None = None,
     guide: Guide | None = None,
 ) -> StepResult:
-    """Train ``modules`` (consecutive) on one batch whose input to the first of them is ``x``.
+    """Train ``modules`` (all of the net's, consecutive) on one batch whose input to the first is ``x``.
 
     ``forward_first``: run every module's forward before any backward (the output is sent sooner;
     all graphs of the run are alive at once). Otherwise each module's backward runs before the next
     module's forward (one graph alive at a time, unless a longer span keeps it). The math is the same.
     """
-    for opt in optimizers:
-        opt.zero_grad(set_to_none=True)
-    spans = [term_spans(m, guide) for m in modules]
-    graphs = _Graphs(modules, spans, optimizers, per_module)
-    losses, peaks, deferred = [], [], []
-    last = len(modules) - 1
-    for j, module in enumerate(modules):
-        x = x.detach().requires_grad_(graphs.needs_input_grad(j))
-        if meter:
-            meter.reset_peak()
-        with meter.hooks() if meter else nullcontext():
-            h = module(x)
-            if j == last and on_output is not None:
-                on_output(h.detach())
-            groups = _loss_groups(module, h, batch, guide, spans[j], losses)
-        graphs.keep(j, x, h)
-        if forward_first and j != last:
-            deferred.append((j, groups))
-        else:
-            graphs.run(j, groups)
-        peaks.append(meter.peak if meter else 0)
-        x = h
-    for j, groups in deferred:
-        graphs.run(j, groups)
-    if not per_module:
-        for opt in optimizers:
-            opt.step()
-    return StepResult(x.detach(), losses, peaks, graphs.upstream, guide is not None)
+    spans = [guided_spans(m.spans, m.index, m.is_final, guide) for m in modules]
+    step = LocalStep(modules, optimizers, per_module, spans, meter, forward_first)
+    step.forward(x, batch, guide, on_output)
+    return step.finish()
+
+
+class LocalStep:
+    """One batch through consecutive ``modules`` (all K in sequential mode, a stage's in a pipeline).
+
+    ``spans`` lists the term spans of *every* module of the net on this batch (``net_spans``), so a stage
+    knows which gradients will come back to it from later stages (``incoming``) and which leave it
+    (``upstream``, summed by the span they have left). The phases: ``forward`` (forwards, local backwards,
+    output sent), ``receive`` (gradients of the last module's output from downstream), ``finish``
+    (optimizer steps). With ``stash``, modules whose graph outlives this step run on a copy of their weights
+    (weight stashing), so the step can finish now and a late gradient still meets the weights it was made
+    with (``receive`` after ``finish``, then ``finish_late``).
+    """
+
+    def __init__(self, modules, optimizers, per_module, spans, meter=None, forward_first=False, stash=False):
+        self.modules, self.optimizers, self.per_module = list(modules), optimizers, per_module
+        self.meter, self.forward_first, self.stash = meter, forward_first, stash
+        self.first, self.last = self.modules[0].index, self.modules[-1].index
+        self.own = [spans[m.index] for m in self.modules]
+        n = len(self.modules)
+        self.params = [[p for p in m.parameters() if p.requires_grad] for m in self.modules]
+        # Gradients that will reach this run's last module from modules after it, by the span they have left.
+        self.incoming = crossing_spans(spans, self.last + 1)
+        # uses[j]: backward passes through module j's graph; reach[j]: a gradient leaves module j by its input.
+        self.uses = [len(set(self.own[j])) for j in range(n)]
+        self.reach = [False] * n
+        reaching = [(o - self.first, s) for o in range(self.first, self.last + 1) for s in set(spans[o])]
+        for o, s in reaching:
+            for j in range(max(o - s + 1, 0), o + 1):
+                self.uses[j] += j < o
+                self.reach[j] |= j > o - s + 1
+        self.late = [False] * n  # reached by a gradient from a later stage
+        for r in self.incoming:  # arrives at the last module with r modules still to train
+            for j in range(max(n - r, 0), n):
+                self.uses[j] += 1
+                self.reach[j] |= j > n - r
+                self.late[j] = True
+        self.kept: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.stashed: dict[int, dict[str, torch.Tensor]] = {}
+        self.upstream: dict[int, torch.Tensor] = {}
+        self.losses: list[torch.Tensor] = []
+        self.peaks: list[int] = []
+        self.guided = False
+        self.output: torch.Tensor | None = None
+
+    def forward(self, x, batch, guide: Guide | None, on_output=None) -> None:
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+        self.guided = guide is not None
+        meter, deferred, last = self.meter, [], len(self.modules) - 1
+        for j, module in enumerate(self.modules):
+            x = x.detach().requires_grad_(self.reach[j] and (j > 0 or self.first > 0))
+            if meter:
+                meter.reset_peak()
+            with meter.hooks() if meter else nullcontext():
+                h = self._body(j, module, x)
+                if j == last and on_output is not None:
+                    on_output(h.detach())
+                groups = _loss_groups(module, h, batch, guide, self.own[j], self.losses)
+            self.kept[j] = (x, h)
+            if self.forward_first and j != last:
+                deferred.append((j, groups))
+            else:
+                self._run(j, groups)
+            self.peaks.append(meter.peak if meter else 0)
+            x = h
+        for j, groups in deferred:
+            self._run(j, groups)
+        self.output = x.detach()
+
+    def _body(self, j: int, module, x: torch.Tensor) -> torch.Tensor:
+        if not (self.stash and self.late[j]):
+            return module(x)
+        # This module's graph waits for a gradient from a later stage: build it on a copy of the weights.
+        copies = {n: p.detach().clone().requires_grad_(p.requires_grad) for n, p in module.body.named_parameters()}
+        self.stashed[j] = copies
+        return torch.func.functional_call(module.body, copies, (x,))
+
+    @property
+    def stash_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for c in self.stashed.values() for t in c.values())
+
+    def receive(self, grads: dict[int, torch.Tensor]) -> None:
+        """Gradients of the last module's output from downstream, keyed by the span they have left."""
+        if sorted(grads) != self.incoming:
+            raise RuntimeError(f"expected gradients for spans {self.incoming}, got {sorted(grads)}")
+        last = len(self.modules) - 1
+        for r in self.incoming:
+            self._backward(last, self.kept[last][1], grads[r], r)
+
+    def finish(self) -> StepResult:
+        """Optimizer steps of this batch (with ``stash``: of what has arrived so far)."""
+        self._unstash_grads()
+        if not self.per_module:
+            for opt in self.optimizers:
+                opt.step()
+        elif self.stash:
+            for j in self.kept:  # still waiting for a late gradient: step with the local part now
+                self.optimizers[j].step()
+        return StepResult(self.output, self.losses, self.peaks, self.guided)
+
+    def finish_late(self) -> None:
+        """After a late ``receive``: one more step of the modules it trained, with only its gradient."""
+        touched = [j for j in self.stashed]
+        for j in touched:
+            self.optimizers[j].zero_grad(set_to_none=True)
+        self._unstash_grads()
+        for j in touched:
+            self.optimizers[j].step()
+        self.stashed.clear()
+
+    def _unstash_grads(self) -> None:
+        for j, copies in self.stashed.items():
+            for name, p in self.modules[j].body.named_parameters():
+                g = copies[name].grad
+                if g is not None:
+                    p.grad = g if p.grad is None else p.grad + g
+                    copies[name].grad = None
+
+    def _run(self, j: int, groups: dict[int, torch.Tensor]) -> None:
+        if not groups and not self.uses[j]:
+            self._done(j)  # no loss and no gradient reaches it on this batch
+        for span, loss in groups.items():
+            self._backward(j, loss, None, span)
+
+    def _backward(self, j: int, tensor: torch.Tensor, grad: torch.Tensor | None, span_left: int) -> None:
+        x, _ = self.kept[j]
+        self.uses[j] -= 1
+        go_on = span_left > 1 and x.requires_grad
+        params = list(self.stashed[j].values()) if j in self.stashed else self.params[j]
+        if j in self.stashed and self.modules[j].head is not None:
+            params = params + [p for p in self.modules[j].head.parameters() if p.requires_grad]
+        inputs = (params + [x] if go_on else params) if x.requires_grad else None
+        torch.autograd.backward(tensor, grad, retain_graph=self.uses[j] > 0, inputs=inputs)
+        if not self.uses[j]:
+            self._done(j)
+        if go_on:
+            g, x.grad = x.grad, None
+            if j == 0:  # leaves this run of modules: the previous stage's last module
+                left = span_left - 1
+                self.upstream[left] = self.upstream[left] + g if left in self.upstream else g
+            else:
+                self._backward(j - 1, self.kept[j - 1][1], g, span_left - 1)
+
+    def _done(self, j: int) -> None:
+        self.kept.pop(j, None)
+        if self.per_module and j not in self.stashed:
+            self.optimizers[j].step()
 
 
 def _loss_groups(module, h, batch, guide, spans, losses) -> dict[int, torch.Tensor]:
@@ -115,59 +252,6 @@ def _loss_groups(module, h, batch, guide, spans, losses) -> dict[int, torch.Tens
     for loss, span in terms:
         groups[span] = groups[span] + loss if span in groups else loss
     return dict(sorted(groups.items()))
-
-
-class _Graphs:
-    """The graphs of one batch's modules, each kept until the last gradient that reaches it has gone through."""
-
-    def __init__(self, modules, spans, optimizers, per_module):
-        self.optimizers, self.per_module = optimizers, per_module
-        self.params = [[p for p in m.parameters() if p.requires_grad] for m in modules]
-        self.first_index = modules[0].index
-        n = len(modules)
-        # uses[j]: backward passes through module j's graph: its own span groups, then one per gradient from
-        # a later module whose span reaches it. reach[j]: some gradient must leave module j through its input.
-        self.uses = [len(set(spans[j])) for j in range(n)]
-        self.reach = [False] * n
-        for o in range(n):
-            for s in set(spans[o]):
-                for j in range(max(o - s + 1, 0), o + 1):
-                    self.uses[j] += j < o
-                    self.reach[j] |= j > o - s + 1  # the span goes on before module j
-        self.kept: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.upstream: list[tuple[torch.Tensor, int]] = []
-
-    def needs_input_grad(self, j: int) -> bool:
-        return self.reach[j] and (j > 0 or self.first_index > 0)
-
-    def keep(self, j: int, x: torch.Tensor, h: torch.Tensor) -> None:
-        self.kept[j] = (x, h)
-
-    def run(self, j: int, groups: dict[int, torch.Tensor]) -> None:
-        if not groups and not self.uses[j]:
-            self._done(j)  # no loss and no gradient reaches it on this batch
-        for span, loss in groups.items():
-            self._backward(j, loss, None, span)
-
-    def _backward(self, j: int, tensor: torch.Tensor, grad: torch.Tensor | None, span_left: int) -> None:
-        x, _ = self.kept[j]
-        self.uses[j] -= 1
-        go_on = span_left > 1 and x.requires_grad
-        inputs = (self.params[j] + [x] if go_on else self.params[j]) if x.requires_grad else None
-        torch.autograd.backward(tensor, grad, retain_graph=self.uses[j] > 0, inputs=inputs)
-        if not self.uses[j]:
-            self._done(j)
-        if go_on:
-            g, x.grad = x.grad, None
-            if j == 0:
-                self.upstream.append((g, span_left - 1))  # leaves this run of modules (a stage boundary)
-            else:
-                self._backward(j - 1, self.kept[j - 1][1], g, span_left - 1)
-
-    def _done(self, j: int) -> None:
-        self.kept.pop(j, None)
-        if self.per_module:
-            self.optimizers[j].step()
 
 
 @torch.no_grad()

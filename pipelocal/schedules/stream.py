@@ -2,15 +2,23 @@
 
 Per training step: take batch t (stage 0 from the loader, the others from the previous stage), run
 the stage's modules, send the detached output downstream as soon as it exists (before the last
-module's backward), then the local backward(s) and optimizer steps. No stage waits for a gradient.
-Evaluation streams the test set the same way under no_grad. Every rank derives the same
+module's backward), then the local backward(s) and optimizer steps. A local method never waits for a
+gradient. Evaluation streams the test set the same way under no_grad. Every rank derives the same
 :class:`Plan`, so each knows every message it will receive and can pre-post it.
+
+Gradients that cross stages (DESIGN §5: guidance, MLAAN's cascade, e2e) use one mechanism: the stage
+keeps the graph of batch t, the next stage sends back ``d loss / d input`` for t (one GRAD message per
+step and link, one tensor per span still to go), and the stage runs backward through what it kept.
+``guidance.mode: sync`` waits for it before the step (exact: invariant 2); ``async`` steps now and applies
+the gradient when it arrives, through a graph built on stashed weights, and logs the delay. Guidance
+batches travel as GUIDE messages, so the mark flows down with the data and is checked on arrival.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import torch
@@ -25,13 +33,16 @@ from pipelocal.distributed.transport import (
     Receiver,
     Sender,
     TensorMeta,
+    WireError,
     check_header,
     decode_header,
     encode_header,
 )
 from pipelocal.optim import lr_for_step, set_lr
 from pipelocal.runtime import build_local_net
-from pipelocal.runtime.stage import Stage
+from pipelocal.runtime.guidance import guide_for
+from pipelocal.runtime.stage import Stage, flat_state, load_flat_state
+from pipelocal.runtime.step import crossing_spans, net_spans
 from pipelocal.schedules import LOOPS
 from pipelocal.split import stage_ranges
 
@@ -46,12 +57,15 @@ class Plan:
     train_rows: tuple[int, ...]  # per step of one epoch
     eval_rows: tuple[int, ...]  # per step of one evaluation
     eval_epochs: tuple[int, ...]
+    guides: tuple = ()  # per global training step: its Guide, or None
 
     @classmethod
     def build(cls, cfg, train_len: int, test_len: int) -> Plan:
         train = _rows(train_len, cfg.data.batch_size, cfg.data.drop_last)[: cfg.train.max_steps or None]
         epochs, every = cfg.train.epochs, cfg.train.eval_every
         evals = tuple(e for e in range(epochs) if (e + 1) % every == 0 or e + 1 == epochs)
+        steps = len(train)
+        guides = tuple(guide_for(cfg.guidance, t // steps, t) for t in range(epochs * steps))
         return cls(
             epochs,
             cfg.data.batch_size,
@@ -59,13 +73,22 @@ class Plan:
             train,
             _rows(test_len, cfg.data.eval_batch_size, False),
             evals,
+            guides,
         )
 
+    def train_kind(self, step: int) -> Kind:
+        return Kind.GUIDE if self.guides[step] is not None else Kind.DATA
+
+    def train_steps(self) -> list[tuple[int, int]]:
+        """(global step, valid rows) of every training step of the run."""
+        return [(e * len(self.train_rows) + i, r) for e in range(self.epochs) for i, r in enumerate(self.train_rows)]
+
     def messages(self) -> list[tuple[Kind, int, int]]:
-        """Every message in order: (kind, step, valid rows); DATA steps count across epochs."""
+        """Every message in order: (kind, step, valid rows); DATA/GUIDE steps count across epochs."""
         out, eval_step = [], 0
         for epoch in range(self.epochs):
-            out += [(Kind.DATA, epoch * len(self.train_rows) + i, r) for i, r in enumerate(self.train_rows)]
+            base = epoch * len(self.train_rows)
+            out += [(self.train_kind(base + i), base + i, r) for i, r in enumerate(self.train_rows)]
             if epoch in self.eval_epochs:
                 out += [(Kind.EVAL, eval_step + j, r) for j, r in enumerate(self.eval_rows)]
                 eval_step += len(self.eval_rows)
@@ -83,6 +106,7 @@ def link_metas(plan: Plan, shape: tuple[int, ...], context_shapes: dict[str, tup
     data += [TensorMeta(torch.float32, (plan.batch_size, *s)) for s in context_shapes.values()]
     return {
         Kind.DATA: tuple(data),
+        Kind.GUIDE: tuple(data),
         Kind.EVAL: (TensorMeta(torch.float32, (plan.eval_batch_size, *shape)),),
         Kind.STOP: (),
     }
@@ -90,6 +114,23 @@ def link_metas(plan: Plan, shape: tuple[int, ...], context_shapes: dict[str, tup
 
 def expectations(plan: Plan, metas) -> list[Expected]:
     return [Expected(kind, step, valid, metas[kind]) for kind, step, valid in plan.messages()]
+
+
+def grad_keys(plan: Plan, method, boundary: int, step: int) -> list[int]:
+    """Spans left of the gradients crossing into module ``boundary - 1`` on training step ``step``."""
+    return crossing_spans(net_spans(method, plan.guides[step]), boundary)
+
+
+def grad_expectations(plan: Plan, method, boundary: int, shape) -> list[Expected]:
+    """GRAD messages on the link into module ``boundary - 1``: one per step that has gradients crossing it."""
+    out = []
+    for step, rows in plan.train_steps():
+        keys = grad_keys(plan, method, boundary, step)
+        if keys:
+            out.append(
+                Expected(Kind.GRAD, step, rows, (TensorMeta(torch.float32, (plan.batch_size, *shape)),) * len(keys))
+            )
+    return out
 
 
 @dataclass
@@ -108,10 +149,15 @@ class StageStats:
     correct: list[int] = field(default_factory=list)
     eval_samples: int = 0
     log_s: float = 0.0  # time spent in the metrics hook (live table, reports): the cost of observability
+    guided: int = 0  # guidance steps
+    grad_wait_s: float = 0.0  # waiting for gradients from the next stage (sync) or at epoch end (async)
+    delays: list[int] = field(default_factory=list)  # async: steps between a graph's step and its gradient
+    kept_bytes_peak: int = 0  # saved tensors of graphs kept past their step (async), between steps
+    stash_bytes_peak: int = 0  # stashed weight copies alive at once (async)
 
     @property
     def compute_s(self) -> float:
-        return self.wall_s - self.recv_wait_s - self.send_wait_s
+        return self.wall_s - self.recv_wait_s - self.send_wait_s - self.grad_wait_s
 
 
 class StageLoop:
@@ -137,6 +183,14 @@ class StageLoop:
         self._staleness = 0
         self._fault = injected_fault(stage_index)
         self.on_step = None  # hook(epoch, step, steps, stats, losses, start, waits), for live metrics
+        # Cross-stage backward (set by build_stage_loop when some gradient crosses a stage boundary).
+        self.grad_receiver: Receiver | None = None  # from the next stage
+        self.grad_sender: Sender | None = None  # to the previous stage
+        self.grad_metas: tuple[TensorMeta, ...] = ()  # of one GRAD tensor to the previous stage
+        self.asynchronous = cfg.guidance.mode == "async"
+        self._pending: deque = deque()  # async: (step, LocalStep) waiting for their gradient
+        self._upstream: deque = deque()  # (step, LocalStep, valid rows, keys, ready): sent in step order
+        self.ema: EmaLinks | None = None
 
     # ------------------------------------------------------------------------------------ inputs
 
@@ -149,9 +203,10 @@ class StageLoop:
         return Batch(tensors[0], header.labels.to(tensors[0].device), raw)
 
     def _send(self, kind: Kind, step: int, batch: Batch, h: torch.Tensor) -> None:
-        rows = self.plan.batch_size if kind == Kind.DATA else self.plan.eval_batch_size
+        train = kind in (Kind.DATA, Kind.GUIDE)
+        rows = self.plan.batch_size if train else self.plan.eval_batch_size
         tensors = [_pad(h, rows)]
-        if kind == Kind.DATA:
+        if train:
             # A copy: a relayed context tensor is a view of a receive buffer that is reused later.
             tensors += [_pad(getattr(batch, name), rows, copy=True) for name in self.context]
         metas = self.sender_metas[kind]
@@ -169,30 +224,94 @@ class StageLoop:
         steps = len(self.plan.train_rows)
         if stage.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(stage.device)
-        loss_sum, waits = None, self.waits()
+        loss_sum, local_steps, waits = None, 0, self.waits()
         start = time.perf_counter()
         for i in range(steps):
             if self._fault and self._fault[0] == self.step:
                 _inject(self._fault[1], self.stage_index, self.step)
             set_lr(stage.optimizers, lr_for_step(cfg, epoch, i, steps))
+            t, guide = self.step, self.plan.guides[self.step]
+            if self._pending:
+                self._apply_arrived(stats, block=False)
             batch = self._inputs(loader_iter)
-            on_output = (
-                None if self.sender is None else (lambda h, b=batch, t=self.step: self._send(Kind.DATA, t, b, h))
-            )
-            result = stage.train(batch, on_output)
-            losses = torch.stack(result.losses)
-            loss_sum = losses if loss_sum is None else loss_sum + losses
+            kind = self.plan.train_kind(t)
+            on_output = None if self.sender is None else (lambda h, b=batch, k=kind, t=t: self._send(k, t, b, h))
+            step = stage.begin(net_spans(stage.method, guide))
+            step.forward(batch.x, batch, guide, on_output)
+            if step.incoming and not self.asynchronous:
+                step.receive(self._recv_grads(t, step.incoming, stats))
+            elif step.incoming:
+                self._pending.append((t, step))
+            result = step.finish()
+            if self.grad_sender is not None:
+                keys = grad_keys(self.plan, stage.method, stage.first, t)
+                if keys:
+                    self._upstream.append([t, step, len(batch), keys, not (self.asynchronous and step.incoming)])
+                    self._send_upstream()
+            if self.ema is not None:
+                self.ema.sync(t)
+            stage.after_step()
+            self._memory(stats, step)
+            if result.guided:
+                stats.guided += 1
+            elif result.losses:
+                losses = torch.stack(result.losses)
+                loss_sum = losses if loss_sum is None else loss_sum + losses
+                local_steps += 1
             stats.saved_peak = [max(a, b) for a, b in zip(stats.saved_peak or result.saved_peak, result.saved_peak)]
             if self.receiver is not None:
                 stats.staleness.append(self._staleness)
             stats.steps, stats.samples, self.step = i + 1, stats.samples + len(batch), self.step + 1
-            if self.on_step is not None:
+            if self.on_step is not None and result.losses:
                 hook_start = time.perf_counter()
-                self.on_step(epoch, i + 1, steps, stats, losses, start, waits)
+                self.on_step(epoch, i + 1, steps, stats, torch.stack(result.losses), start, waits)
                 stats.log_s += time.perf_counter() - hook_start
+        if self._pending:
+            self._apply_arrived(stats, block=True)  # the epoch's updates are complete before it is evaluated
+        if self.grad_sender is not None:
+            self.grad_sender.flush()
         self._close_epoch_timing(stats, start, waits)
-        stats.loss = (loss_sum / steps).tolist()
+        stats.loss = (loss_sum / local_steps).tolist() if loss_sum is not None else []
         return stats
+
+    def _recv_grads(self, t: int, keys: list[int], stats: StageStats) -> dict[int, torch.Tensor]:
+        begin = time.perf_counter()
+        header, tensors, _ = self.grad_receiver.recv()  # checked against the plan: kind GRAD, step t, shapes
+        stats.grad_wait_s += time.perf_counter() - begin
+        if header.step != t:
+            raise WireError(f"stage {self.stage_index} expected the gradient of step {t}, got step {header.step}")
+        return dict(zip(keys, tensors, strict=True))
+
+    def _apply_arrived(self, stats: StageStats, block: bool) -> None:
+        """Async: apply every gradient that has arrived (all of them when ``block``), oldest first."""
+        while self._pending and (block or self.grad_receiver.ready()):
+            t, step = self._pending.popleft()
+            step.receive(self._recv_grads(t, step.incoming, stats))
+            step.finish_late()
+            stats.delays.append(self.step - t - 1)  # optimizer steps this stage took in between
+            for entry in self._upstream:
+                if entry[0] == t:
+                    entry[4] = True
+            self._send_upstream()
+
+    def _send_upstream(self) -> None:
+        """Send, in step order, every GRAD message to the previous stage whose gradients are all there."""
+        while self._upstream and self._upstream[0][4]:
+            t, step, rows, keys, _ = self._upstream.popleft()
+            if sorted(step.upstream) != keys:
+                raise RuntimeError(
+                    f"stage {self.stage_index} step {t}: gradients for spans {sorted(step.upstream)}, planned {keys}"
+                )
+            tensors = [_pad(step.upstream[k], self.plan.batch_size) for k in keys]
+            self.grad_sender.send(
+                Kind.GRAD, t, rows, tensors, torch.zeros(0, dtype=torch.long), self.grad_metas * len(keys)
+            )
+
+    def _memory(self, stats: StageStats, step) -> None:
+        if self.stage.meter is not None:
+            stats.kept_bytes_peak = max(stats.kept_bytes_peak, self.stage.meter.live)
+        stash = step.stash_bytes + sum(s.stash_bytes for _, s in self._pending if s is not step)
+        stats.stash_bytes_peak = max(stats.stash_bytes_peak, stash)
 
     def waits(self) -> tuple[float, float]:
         return (self.receiver.wait_s if self.receiver else 0.0, self.sender.wait_s if self.sender else 0.0)
@@ -230,6 +349,10 @@ class StageLoop:
         if self.sender is not None:
             self.sender.send(Kind.STOP, 0, 0, [], torch.zeros(0, dtype=torch.long), ())
             self.sender.flush()
+        if self.grad_sender is not None:
+            self.grad_sender.flush()
+        if self.ema is not None:
+            self.ema.flush()
 
 
 def injected_fault(stage_index: int) -> tuple[int, str] | None:
@@ -252,6 +375,41 @@ def _pad(t: torch.Tensor, rows: int, copy: bool = False) -> torch.Tensor:
     if len(t) == rows:
         return t.contiguous().clone() if copy else t.contiguous()
     return F.pad(t, (0, 0) * (t.dim() - 1) + (0, rows - len(t)))
+
+
+class EmaLinks:
+    """MLAAN in a pipeline: weights of backbone units flow from the stage that owns them to the stages whose
+    aux nets keep an EMA of them, every ``method.ema_sync_every`` steps, after the owner's step (DESIGN §5).
+    With 1 the follower gets the unit as it is after the same step, as in sequential mode; larger is a
+    stale EMA (an ablation knob). Sends are non-blocking; a follower waits for what it receives."""
+
+    def __init__(self, stage: Stage, group, stage_of_unit, followers: dict[int, list[int]], every: int, rank: int):
+        self.stage, self.group, self.every, self.rank = stage, group, every, rank
+        self.inbound = sorted((stage_of_unit(u), u) for u in stage.copies)  # (owner, unit) I follow remotely
+        self.outbound = sorted(  # (follower, unit) for the units I own
+            (f, u) for u, fs in followers.items() for f in set(fs) if f != rank and stage_of_unit(u) == rank
+        )
+        self._works: list = []
+        self.wait_s = 0.0
+
+    def sync(self, step: int) -> None:
+        if (step + 1) % self.every:
+            return
+        self.flush()
+        for follower, unit in self.outbound:
+            flat = flat_state(self.stage.unit(unit)).clone()
+            self._works.append((dist.isend(flat, follower, group=self.group), flat))
+        for owner, unit in self.inbound:
+            begin = time.perf_counter()
+            flat = torch.empty_like(flat_state(self.stage.copies[unit]))
+            dist.recv(flat, owner, group=self.group)
+            load_flat_state(self.stage.copies[unit], flat)
+            self.wait_s += time.perf_counter() - begin
+
+    def flush(self) -> None:
+        for work, _ in self._works:
+            work.wait()
+        self._works = []
 
 
 # ----------------------------------------------------------------------------------- building a stage
@@ -298,7 +456,36 @@ def build_stage_loop(cfg, topo: Topology, groups: Groups, setup: dict, loaders):
             groups.forward, s, s + 1, cfg.pipeline.queue_depth, max(plan.batch_size, plan.eval_batch_size), topo.device
         )
     loop = StageLoop(cfg, stage, plan, s, receiver, sender, sender_metas, tuple(context_out), loaders)
+    _link_backward(loop, cfg, topo, groups, plan, net, ranges)
     return loop, stage
+
+
+def _link_backward(loop: StageLoop, cfg, topo: Topology, groups: Groups, plan: Plan, net, ranges) -> None:
+    """GRAD links to the neighbours where some gradient crosses, and the EMA weight links (MLAAN)."""
+    s, stage, method = topo.stage_index, loop.stage, net.method
+    shapes = method.info.module_shapes
+    rows = plan.batch_size
+    if not topo.is_last_stage:
+        boundary = ranges[s + 1][0]
+        expected = grad_expectations(plan, method, boundary, shapes[boundary - 1])
+        if expected:
+            depth = cfg.pipeline.queue_depth + 1
+            loop.grad_receiver = Receiver(groups.backward, s + 1, s, expected, depth, topo.device, rows)
+    if not topo.is_first_stage and grad_expectations(plan, method, stage.first, shapes[stage.first - 1]):
+        loop.grad_sender = Sender(groups.backward, s, s - 1, cfg.pipeline.queue_depth + 1, rows, topo.device)
+        loop.grad_metas = (TensorMeta(torch.float32, (rows, *shapes[stage.first - 1])),)
+    stage_of_module = {i: k for k, (a, b) in enumerate(ranges) for i in range(a, b)}
+    ends = method.info.module_ends
+
+    def stage_of_unit(u: int) -> int:
+        return stage_of_module[next(i for i, end in enumerate(ends) if u <= end)]
+
+    followers: dict[int, list[int]] = {}
+    for i in range(method.info.num_modules):
+        for u in method.followed_units(i):
+            followers.setdefault(u, []).append(stage_of_module[i])
+    if followers:
+        loop.ema = EmaLinks(stage, groups.weights, stage_of_unit, followers, cfg.method.ema_sync_every, s)
 
 
 def handshake(topo: Topology, groups: Groups, out_metas, in_metas, rows: int) -> None:

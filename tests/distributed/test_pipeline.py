@@ -9,6 +9,7 @@ from pipelocal.checkpoint import load_merged
 from pipelocal.data import build_loaders
 from pipelocal.optim import build_optimizers, lr_for_step, set_lr
 from pipelocal.runtime import build_local_net
+from pipelocal.runtime.guidance import guide_for
 from pipelocal.schedules.sequential import train_step
 from tests.conftest import tiny_config
 from tests.distributed.launch import TINY, torchrun
@@ -26,7 +27,7 @@ def sequential_state(overrides: list[str]) -> dict:
         if i == steps:
             break
         set_lr(opts, lr_for_step(cfg, 0, i, steps))
-        train_step(net, batch, opts, cfg.optim.step == "per_module")
+        train_step(net, batch, opts, cfg.optim.step == "per_module", guide=guide_for(cfg.guidance, 0, i))
     return net.state_dict()
 
 
