@@ -131,21 +131,24 @@ def report(summary: dict, console: Console) -> None:
         ]
         for s in summary["stages"]
     ]
-    console.table(
-        "per-stage medians over epochs",
-        [
-            "stage",
-            "samples/s",
-            "util",
-            "wait recv",
-            "wait send",
-            "compute ms/step",
-            "max staleness",
-            "saved MiB",
-            "CUDA peak MiB",
-        ],
-        rows,
-    )
+    columns = [
+        "stage",
+        "samples/s",
+        "util",
+        "wait recv",
+        "wait send",
+        "compute ms/step",
+        "max staleness",
+        "saved MiB",
+        "CUDA peak MiB",
+    ]
+    if any(s["grad_wait_frac_median"] or s["delay_max"] is not None for s in summary["stages"]):
+        columns += ["guided", "wait grad", "delay mean/max", "kept+stash MiB"]
+        for row, s in zip(rows, summary["stages"]):
+            delay = "-" if s["delay_max"] is None else f"{s['delay_mean']:.2f}/{s['delay_max']}"
+            held = (s["kept_bytes_peak"] + s["stash_bytes_peak"]) / 2**20
+            row += [s["guided_steps"], round(s["grad_wait_frac_median"], 3), delay, round(held, 1)]
+    console.table("per-stage medians over epochs", columns, rows)
     final, best = summary["final_top1"], summary["best_top1"]
     console.print(
         f"final test top-1 {final:.4f} | best test top-1 {best:.4f} (epoch {summary['best_epoch'] + 1}) | "

@@ -38,7 +38,7 @@ def test_throughput_vs_e2e_gives_a_row_per_mode(tmp_path):
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=400)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads((tmp_path / "throughput_vs_e2e.json").read_text())
-    assert [r[0] for r in result["rows"]] == ["e2e", "ddp", "gpipe", "1f1b", "pipeline"]
+    assert [r[0] for r in result["rows"]] == ["e2e", "ddp", "gpipe", "1f1b", "pipeline", "pipeline+guidance", "ddg"]
     assert all(r[2] > 0 for r in result["rows"]) and (tmp_path / "throughput_vs_e2e.png").exists()
 
 
@@ -56,3 +56,26 @@ def test_ablate_runs_the_grid_and_resumes(tmp_path):
     assert [r[0] for r in rows] == [2, 3]
     second = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0 and "$ " not in second.stdout  # nothing ran again
+
+
+def test_guidance_ablation_gives_a_row_per_variant(tmp_path):
+    cmd = [sys.executable, "benchmarks/guidance_ablation.py", "--steps", "3", "--epochs", "1", "--batch", "16"]
+    cmd += ["--repeats", "1", "--out", str(tmp_path), "--set", *TINY_SET]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = json.loads((tmp_path / "guidance_ablation.json").read_text())["rows"]
+    names = [r[0] for r in rows]
+    assert names[0] == "off" and "sync every 1" in names and "async every 1" in names and len(names) == 9
+    every_step = rows[names.index("sync every 1")]
+    assert every_step[3] == 3 and rows[0][3] == 0  # guided steps: all 3, and none with guidance off
+    assert rows[names.index("async every 1")][5] != "-"  # async reports the delays it measured
+
+
+def test_accuracy_runs_per_config_overrides(tmp_path):
+    spec = "configs/fmnist/infopro_guided_k4.yaml@guidance.every=2"
+    cmd = [sys.executable, "benchmarks/accuracy.py", spec, "--out", str(tmp_path), "--set", *TINY_SET]
+    cmd += ["train.epochs=1", "train.max_steps=4", "data.test_subset=64", "data.batch_size=16"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = json.loads((tmp_path / "accuracy.json").read_text())["rows"]
+    assert rows[0][0] == "infopro_guided_k4-every=2" and rows[0][6] == "2 / 4"
