@@ -152,6 +152,12 @@ class TrainConfig:
 
 
 @dataclass
+class SlowdownConfig:
+    stage: int | None = option(None, "straggler injection: this stage takes `factor` x its compute time per step")
+    factor: float = option(1.0, "straggler injection: >= 1; the stage sleeps (factor - 1) x its measured compute")
+
+
+@dataclass
 class PipelineConfig:
     queue_depth: int = option(2, "batches a stage may send ahead of the next stage's consumption (bounded buffer)")
     stage_order: str = option(
@@ -165,6 +171,18 @@ class PipelineConfig:
     threads: int = option(1, "CPU threads per stage process (0: torch's default)")
     live_every: int = option(0, "rank 0 redraws the all-stage table every N steps (0: metrics.log_every)")
     microbatches: int = option(4, "gpipe/1f1b: microbatches per batch (data.batch_size must divide by it)")
+    buffer: str = option(
+        "fifo",
+        "between stages: fifo (bounded queue with backpressure, every batch used once) or replay (a consumer "
+        "that would wait trains again on a buffered batch; the producer never blocks, the oldest entry is dropped)",
+        ("fifo", "replay"),
+    )
+    buffer_size: int = option(4, "replay: M, batches a consumer keeps")
+    sampling: str = option(
+        "least_used_freshest", "replay: which buffered batch to train on", ("least_used_freshest", "uniform")
+    )
+    max_reuse: int | None = option(None, "replay: most times one batch is trained on (None: no cap)")
+    slowdown: SlowdownConfig = field(default_factory=SlowdownConfig)
 
 
 @dataclass
@@ -221,6 +239,20 @@ class JobConfig:
             raise ConfigError(f"method.cascade_span={self.method.cascade_span}: MLAAN cascades span 2 or 3 modules")
         if self.method.aux_depth < 1:
             raise ConfigError(f"method.aux_depth={self.method.aux_depth} must be at least 1")
+        if self.pipeline.buffer == "replay" and (
+            self.guidance.every
+            or self.guidance.warmup_epochs
+            or METHODS.get(self.method.name).cross_module
+            or METHODS.get(self.method.name).span_all
+        ):
+            raise ConfigError(
+                "pipeline.buffer=replay trains stages on reused batches, which no gradient from a later stage can "
+                "follow; use it with a local method (greedy, dgl, infopro, auglocal) and guidance.every=0"
+            )
+        if self.pipeline.buffer_size < 1 or (self.pipeline.max_reuse is not None and self.pipeline.max_reuse < 1):
+            raise ConfigError("pipeline.buffer_size and pipeline.max_reuse must be at least 1")
+        if self.pipeline.slowdown.factor < 1:
+            raise ConfigError(f"pipeline.slowdown.factor={self.pipeline.slowdown.factor} must be >= 1 (1: off)")
         if self.pipeline.queue_depth < 1:
             raise ConfigError(f"pipeline.queue_depth={self.pipeline.queue_depth} must be at least 1")
         if self.mode in ("ddp", "gpipe", "1f1b") and self.method.name != "e2e":

@@ -148,6 +148,17 @@ def report(summary: dict, console: Console) -> None:
             delay = "-" if s["delay_max"] is None else f"{s['delay_mean']:.2f}/{s['delay_max']}"
             held = (s["kept_bytes_peak"] + s["stash_bytes_peak"]) / 2**20
             row += [s["guided_steps"], round(s["grad_wait_frac_median"], 3), delay, round(held, 1)]
+    if any(s["reuse"] or s["dropped"] for s in summary["stages"]):
+        columns += ["steps", "fresh", "reused", "dropped unused", "staleness p50/p95/max"]
+        for row, s in zip(rows, summary["stages"]):
+            st = s["staleness"]
+            reused = s["steps"] - s["fresh"] if s["reuse"] else 0
+            row += [s["steps"], s["fresh"] if s["reuse"] else s["steps"], reused, s["dropped_unused"]]
+            row.append(f"{st['p50']}/{st['p95']}/{st['max']}")
+    if any(s["sleep_s_per_step_median"] for s in summary["stages"]):
+        columns.append("injected sleep ms/step")
+        for row, s in zip(rows, summary["stages"]):
+            row.append(round(s["sleep_s_per_step_median"] * 1e3, 1))
     console.table("per-stage medians over epochs", columns, rows)
     final, best = summary["final_top1"], summary["best_top1"]
     console.print(
@@ -224,6 +235,16 @@ def epoch_record(epoch: int, gathered: list[dict]) -> dict:
                 "delay_max": max(g["delays"]) if g["delays"] else None,
                 "kept_bytes_peak": g["kept_bytes_peak"],
                 "stash_bytes_peak": g["stash_bytes_peak"],
+                "steps": g["steps"],
+                "busy_s_per_step": g["busy_s"] / max(g["steps"], 1),
+                "sleep_s_per_step": g["sleep_s"] / max(g["steps"], 1),
+                "idle_frac": g["recv_wait_s"] / wall,
+                "staleness": _distribution(g["staleness"]),
+                "reuse": {int(k): v for k, v in sorted(g["reuse"].items())},
+                "fresh": g["fresh"],
+                "dropped": g["dropped"],
+                "dropped_unused": g["dropped_unused"],
+                "buffer_bytes_peak": g["buffer_bytes_peak"],
             }
         )
     record = {"kind": "epoch", "epoch": epoch, "stages": stages, "samples_per_s": stages[-1]["samples_per_s"]}
@@ -248,6 +269,23 @@ def stage_rows(record: dict) -> list[list]:
         )
         for s in record["stages"]
     ]
+
+
+def _distribution(values: list[int]) -> dict:
+    """mean, p50, p95 and max of a list of step differences (zeros when empty)."""
+    if not values:
+        return {"mean": 0.0, "p50": 0, "p95": 0, "max": 0}
+    ordered = sorted(values)
+    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+    return {"mean": statistics.fmean(ordered), "p50": pick(0.5), "p95": pick(0.95), "max": ordered[-1]}
+
+
+def _summed(histograms: list[dict]) -> dict:
+    out: dict = {}
+    for h in histograms:
+        for k, v in h.items():
+            out[k] = out.get(k, 0) + v
+    return dict(sorted(out.items()))
 
 
 def _mean_of(values) -> float | None:
@@ -277,6 +315,16 @@ def summarise(cfg: JobConfig, history: list[dict], best, run_dir: Path, topo: To
                 "delay_max": max((r["delay_max"] for r in rows if r["delay_max"] is not None), default=None),
                 "kept_bytes_peak": max(r["kept_bytes_peak"] for r in rows),
                 "stash_bytes_peak": max(r["stash_bytes_peak"] for r in rows),
+                "steps": sum(r["steps"] for r in rows),
+                "busy_s_per_step_median": statistics.median(r["busy_s_per_step"] for r in rows),
+                "sleep_s_per_step_median": statistics.median(r["sleep_s_per_step"] for r in rows),
+                "idle_frac_median": statistics.median(r["idle_frac"] for r in rows),
+                "staleness": rows[-1]["staleness"],
+                "reuse": _summed([r["reuse"] for r in rows]),
+                "fresh": sum(r["fresh"] for r in rows),
+                "dropped": sum(r["dropped"] for r in rows),
+                "dropped_unused": sum(r["dropped_unused"] for r in rows),
+                "buffer_bytes_peak": max(r["buffer_bytes_peak"] for r in rows),
             }
         )
     summary = {

@@ -6,6 +6,8 @@ are created in the same order on every rank (DESIGN §4, Channels):
 - ``forward``: activations downstream (the backend's p2p);
 - ``backward``: gradients upstream (guidance, cascades);
 - ``weights``: weights upstream, from the stage owning a block to a stage whose aux net follows it (MLAAN's EMA);
+- ``links``: two groups for replay streams, link s -> s+1 on ``links[s % 2]``, so a stage's receiving
+  thread and its sending main thread never share a group;
 - ``control``: gloo, collectives for start-up, epoch-end metrics and evaluation results;
 - ``stats``: gloo, point-to-point live metrics to rank 0 (kept apart from ``control`` because gloo
   collectives number their tags from 0 too, and p2p tags must not collide with them).
@@ -47,6 +49,7 @@ class Groups:
     forward: dist.ProcessGroup
     backward: dist.ProcessGroup
     weights: dist.ProcessGroup
+    links: tuple[dist.ProcessGroup, dist.ProcessGroup]
     control: dist.ProcessGroup
     stats: dist.ProcessGroup
 
@@ -77,6 +80,7 @@ def init_distributed(timeout_s: float) -> tuple[Topology, Groups]:
         forward=dist.new_group(backend=backend, timeout=timeout),
         backward=dist.new_group(backend=backend, timeout=timeout),
         weights=dist.new_group(backend=backend, timeout=timeout),
+        links=(dist.new_group(backend=backend, timeout=timeout), dist.new_group(backend=backend, timeout=timeout)),
         control=dist.new_group(backend="gloo", timeout=timeout),
         stats=dist.new_group(backend="gloo", timeout=timeout),
     )

@@ -33,6 +33,7 @@ class Kind(IntEnum):
     GUIDE = 3
     GRAD = 4
     STOP = 5
+    EPOCH = 6  # replay streams: the producer's epoch is over
 
 
 class WireError(RuntimeError):

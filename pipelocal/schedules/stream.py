@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from pipelocal.config import ConfigError
 from pipelocal.data import Batch
 from pipelocal.distributed.setup import Groups, Topology
 from pipelocal.distributed.transport import (
@@ -44,6 +45,7 @@ from pipelocal.runtime.guidance import guide_for
 from pipelocal.runtime.stage import Stage, flat_state, load_flat_state
 from pipelocal.runtime.step import crossing_spans, net_spans
 from pipelocal.schedules import LOOPS
+from pipelocal.schedules.replay import Entry, LinkReader, ReplayBuffer
 from pipelocal.split import stage_ranges
 
 
@@ -154,6 +156,13 @@ class StageStats:
     delays: list[int] = field(default_factory=list)  # async: steps between a graph's step and its gradient
     kept_bytes_peak: int = 0  # saved tensors of graphs kept past their step (async), between steps
     stash_bytes_peak: int = 0  # stashed weight copies alive at once (async)
+    sleep_s: float = 0.0  # straggler injection (pipeline.slowdown)
+    busy_s: float = 0.0  # compute of the steps, before any injected sleep
+    reuse: dict = field(default_factory=dict)  # replay: times a batch had been used when consumed -> count
+    fresh: int = 0  # replay: steps on batches never trained on before
+    dropped: int = 0  # replay: batches pushed out of the buffer (this epoch)
+    dropped_unused: int = 0  # ... never trained on
+    buffer_bytes_peak: int = 0
 
     @property
     def compute_s(self) -> float:
@@ -191,6 +200,14 @@ class StageLoop:
         self._pending: deque = deque()  # async: (step, LocalStep) waiting for their gradient
         self._upstream: deque = deque()  # (step, LocalStep, valid rows, keys, ready): sent in step order
         self.ema: EmaLinks | None = None
+        # Replay streams (pipeline.buffer: replay): training traffic on the link groups, a reading thread.
+        self.replay: ReplayBuffer | None = None
+        self.reader: LinkReader | None = None
+        self.link_sender: Sender | None = None
+        self._sent = 0  # training messages sent downstream on the replay link
+        self._latest = -1  # newest producer message number received
+        slow = cfg.pipeline.slowdown
+        self.slowdown = slow.factor if slow.stage == stage_index and slow.factor > 1 else 1.0
 
     # ------------------------------------------------------------------------------------ inputs
 
@@ -215,6 +232,8 @@ class StageLoop:
     # ------------------------------------------------------------------------------------ epochs
 
     def train_epoch(self, epoch: int) -> StageStats:
+        if self.cfg.pipeline.buffer == "replay":
+            return self.train_epoch_replay(epoch)
         cfg, stage, stats = self.cfg, self.stage, StageStats(self.stage_index)
         stage.set_mode(True)
         loader_iter = None
@@ -234,6 +253,7 @@ class StageLoop:
             if self._pending:
                 self._apply_arrived(stats, block=False)
             batch = self._inputs(loader_iter)
+            busy = time.perf_counter()
             kind = self.plan.train_kind(t)
             on_output = None if self.sender is None else (lambda h, b=batch, k=kind, t=t: self._send(k, t, b, h))
             step = stage.begin(net_spans(stage.method, guide))
@@ -243,6 +263,7 @@ class StageLoop:
             elif step.incoming:
                 self._pending.append((t, step))
             result = step.finish()
+            self._straggle(stats, busy)
             if self.grad_sender is not None:
                 keys = grad_keys(self.plan, stage.method, stage.first, t)
                 if keys:
@@ -273,6 +294,109 @@ class StageLoop:
         self._close_epoch_timing(stats, start, waits)
         stats.loss = (loss_sum / local_steps).tolist() if loss_sum is not None else []
         return stats
+
+    def _straggle(self, stats: StageStats, since: float) -> None:
+        """Straggler injection: sleep (factor - 1) x the step's measured compute (``pipeline.slowdown``)."""
+        if self.stage.device.type == "cuda":
+            torch.cuda.synchronize(self.stage.device)  # the compute to scale includes queued kernels
+        busy = time.perf_counter() - since
+        stats.busy_s += busy
+        if self.slowdown > 1:
+            pause = (self.slowdown - 1) * busy
+            time.sleep(pause)
+            stats.sleep_s += pause
+
+    def train_epoch_replay(self, epoch: int) -> StageStats:
+        """``pipeline.buffer: replay``: stage 0 produces its epoch at its own pace; a consumer trains on what
+        its buffer offers, as often as it can, until its producer's epoch is over and nothing unused is left."""
+        cfg, stage, stats = self.cfg, self.stage, StageStats(self.stage_index)
+        stage.set_mode(True)
+        steps = len(self.plan.train_rows)
+        loader_iter = None
+        if self.train_loader is not None:
+            self.train_loader.set_epoch(epoch)
+            loader_iter = iter(self.train_loader)
+        if self.replay is not None:
+            self.replay.clear()
+            dropped = (self.replay.dropped, self.replay.dropped_unused)
+        loss_sum, waits, start = None, self.waits(), time.perf_counter()
+        epoch_over, i = False, 0
+        while True:
+            if loader_iter is not None:
+                if i == steps:
+                    break
+                batch = next(loader_iter)
+            else:
+                if not epoch_over:
+                    epoch_over = self._drain(block=False)
+                if epoch_over and not self.replay.has_unused():
+                    break  # the producer's epoch is over and every batch it sent was used or dropped
+                entry = self.replay.pick()
+                if entry is None:
+                    if epoch_over:
+                        break
+                    begin = time.perf_counter()
+                    epoch_over = self._drain(block=True)
+                    stats.recv_wait_s += time.perf_counter() - begin
+                    continue
+                batch = entry.batch
+                stats.staleness.append(self._latest - entry.step)
+                stats.reuse[entry.uses] = stats.reuse.get(entry.uses, 0) + 1
+                stats.fresh += entry.uses == 1
+            set_lr(stage.optimizers, lr_for_step(cfg, epoch, min(i, steps - 1), steps))
+            busy = time.perf_counter()
+            on_output = None if self.link_sender is None else self._stream_out(batch)
+            step = stage.begin(net_spans(stage.method, None))
+            step.forward(batch.x, batch, None, on_output)
+            result = step.finish()
+            self._straggle(stats, busy)
+            losses = torch.stack(result.losses)
+            loss_sum = losses if loss_sum is None else loss_sum + losses
+            stats.saved_peak = [max(a, b) for a, b in zip(stats.saved_peak or result.saved_peak, result.saved_peak)]
+            i += 1
+            stats.steps, stats.samples, self.step = i, stats.samples + len(batch), self.step + 1
+            if self.on_step is not None:
+                hook_start = time.perf_counter()
+                self.on_step(epoch, i, steps, stats, losses, start, waits)
+                stats.log_s += time.perf_counter() - hook_start
+        if self.link_sender is not None:
+            self.link_sender.send(Kind.EPOCH, epoch, 0, [], torch.zeros(0, dtype=torch.long), ())
+        if self.replay is not None:
+            stats.dropped = self.replay.dropped - dropped[0]
+            stats.dropped_unused = self.replay.dropped_unused - dropped[1]
+            stats.buffer_bytes_peak = self.replay.bytes_peak
+        self._close_epoch_timing(stats, start, waits)
+        stats.recv_wait_s = max(stats.recv_wait_s, 0.0)
+        stats.loss = (loss_sum / max(i, 1)).tolist() if loss_sum is not None else []
+        return stats
+
+    def _stream_out(self, batch: Batch):
+        def send(h: torch.Tensor) -> None:
+            rows = self.plan.batch_size
+            tensors = [_pad(h, rows)] + [_pad(getattr(batch, n), rows, copy=True) for n in self.context]
+            self.link_sender.send(Kind.DATA, self._sent, len(batch), tensors, batch.y, self.sender_metas[Kind.DATA])
+            self._sent += 1
+
+        return send
+
+    def _drain(self, block: bool) -> bool:
+        """Move what the reading thread received into the buffer; True once the producer's epoch is over
+        (what follows its EPOCH stays queued for the next epoch)."""
+        while True:
+            item = self.reader.get(block)
+            if item is None:
+                return False
+            block = False
+            header, tensors = item
+            if header.kind == Kind.EPOCH:
+                return True
+            if header.kind == Kind.STOP:
+                raise WireError(
+                    f"stage {self.stage_index}: the replay link from stage {self.stage_index - 1} stopped mid-epoch"
+                )
+            raw = tensors[1] if len(tensors) > 1 else None
+            self._latest = header.step
+            self.replay.add(Entry(header.step, Batch(tensors[0], header.labels.to(tensors[0].device), raw)))
 
     def _recv_grads(self, t: int, keys: list[int], stats: StageStats) -> dict[int, torch.Tensor]:
         begin = time.perf_counter()
@@ -314,14 +438,16 @@ class StageLoop:
         stats.stash_bytes_peak = max(stats.stash_bytes_peak, stash)
 
     def waits(self) -> tuple[float, float]:
-        return (self.receiver.wait_s if self.receiver else 0.0, self.sender.wait_s if self.sender else 0.0)
+        sender = self.link_sender or self.sender
+        return (self.receiver.wait_s if self.receiver else 0.0, sender.wait_s if sender else 0.0)
 
     def _close_epoch_timing(self, stats: StageStats, start: float, waits) -> None:
         if self.stage.device.type == "cuda":
             torch.cuda.synchronize(self.stage.device)  # timing must include queued kernels
         stats.wall_s = time.perf_counter() - start
         recv, send = self.waits()
-        stats.recv_wait_s, stats.send_wait_s = recv - waits[0], send - waits[1]
+        stats.recv_wait_s += recv - waits[0]
+        stats.send_wait_s = send - waits[1]
 
     @torch.no_grad()
     def evaluate(self, stats: StageStats) -> None:
@@ -353,6 +479,13 @@ class StageLoop:
             self.grad_sender.flush()
         if self.ema is not None:
             self.ema.flush()
+        if self.link_sender is not None:
+            self.link_sender.send(Kind.STOP, 0, 0, [], torch.zeros(0, dtype=torch.long), ())
+            self.link_sender.flush()
+        if self.reader is not None:
+            if self.reader.get(block=True)[0].kind != Kind.STOP:
+                raise WireError(f"stage {self.stage_index}: the replay link sent more after its last epoch")
+            self.reader.thread.join()
 
 
 def injected_fault(stage_index: int) -> tuple[int, str] | None:
@@ -432,6 +565,10 @@ def build_stage_loop(cfg, topo: Topology, groups: Groups, setup: dict, loaders):
         needed = any(ranges[k][0] < num_modules - 1 for k in range(j, topo.num_stages))
         return {n: context_shapes[n] for n in net.method.needs} if needed else {}
 
+    slow = cfg.pipeline.slowdown.stage
+    if slow is not None and not 0 <= slow < topo.num_stages:
+        raise ConfigError(f"pipeline.slowdown.stage={slow}, but the pipeline has stages 0..{topo.num_stages - 1}")
+    replay = cfg.pipeline.buffer == "replay"
     receiver = sender = sender_metas = None
     context_out: dict = {}
     if not topo.is_first_stage:
@@ -446,7 +583,7 @@ def build_stage_loop(cfg, topo: Topology, groups: Groups, setup: dict, loaders):
             groups.forward,
             s - 1,
             s,
-            expectations(plan, receiver_metas),
+            [e for e in expectations(plan, receiver_metas) if not replay or e.kind in (Kind.EVAL, Kind.STOP)],
             cfg.pipeline.queue_depth,
             topo.device,
             max(plan.batch_size, plan.eval_batch_size),
@@ -457,6 +594,14 @@ def build_stage_loop(cfg, topo: Topology, groups: Groups, setup: dict, loaders):
         )
     loop = StageLoop(cfg, stage, plan, s, receiver, sender, sender_metas, tuple(context_out), loaders)
     _link_backward(loop, cfg, topo, groups, plan, net, ranges)
+    if replay:
+        rows = plan.batch_size
+        if not topo.is_last_stage:
+            loop.link_sender = Sender(groups.links[s % 2], s, s + 1, cfg.pipeline.queue_depth, rows, topo.device)
+        if not topo.is_first_stage:
+            p = cfg.pipeline
+            loop.replay = ReplayBuffer(p.buffer_size, p.sampling, p.max_reuse, cfg.train.seed + s)
+            loop.reader = LinkReader(groups.links[(s - 1) % 2], s - 1, s, receiver_metas[Kind.DATA], topo.device, rows)
     return loop, stage
 
 
