@@ -12,6 +12,9 @@ Grid file:
       pipeline.queue_depth: [1, 2, 4]
       split.balance: [uniform, time]
       nproc: [2]                                    # P may be swept too
+      buffer:                                       # a list of mappings: each is one value of a joint key
+        - {pipeline.buffer: fifo}
+        - {pipeline.buffer: replay, pipeline.buffer_size: 4}
 
 Each point runs in its own folder under the results folder; a point whose summary.json exists is not
 run again, so an interrupted sweep resumes. Writes ablation.md/.json/.csv and a PNG of samples/s.
@@ -37,10 +40,17 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def points(spec: dict) -> list[dict]:
-    """The grid's cartesian product, in file order; each point maps key -> value."""
+    """The grid's cartesian product, in file order; each point maps key -> value (a mapping value sets
+    several keys together)."""
     keys = list(spec.get("grid", {}))
     values = [spec["grid"][k] if isinstance(spec["grid"][k], list) else [spec["grid"][k]] for k in keys]
-    return [dict(zip(keys, combo)) for combo in itertools.product(*values)]
+    out = []
+    for combo in itertools.product(*values):
+        point: dict = {}
+        for key, value in zip(keys, combo):
+            point.update(value if isinstance(value, dict) else {key: value})
+        out.append(point)
+    return out
 
 
 def point_name(point: dict) -> str:
@@ -66,14 +76,19 @@ def _yaml(value) -> str:
     return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
 
 
-def row(point: dict, summary: dict) -> list:
+def point_keys(todo: list[dict]) -> list[str]:
+    """Every key some point sets, in first-seen order (the table's leading columns)."""
+    return list(dict.fromkeys(k for point in todo for k in point))
+
+
+def row(point: dict, summary: dict, keys: list[str]) -> list:
     if "stages" in summary:
         saved = max(max(s["saved_bytes_peak"] or [0]) for s in summary["stages"])
     else:
         saved = summary["saved_bytes_peak_max"]
     best = summary["best_top1"]
     return [
-        *point.values(),
+        *(point.get(k) for k in keys),
         round(summary["samples_per_s_median"], 1),
         summary["final_top1"],
         None if best is None else round(best, 4),
@@ -81,18 +96,12 @@ def row(point: dict, summary: dict) -> list:
     ]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("grid", help="grid YAML file")
-    parser.add_argument("--out", help="results folder (default: benchmarks/results/<hardware>-<date>/ablate-<grid>)")
-    args = parser.parse_args()
-    spec = yaml.safe_load(Path(args.grid).read_text())
-    folder = results_dir(f"ablate-{Path(args.grid).stem}", args.out)
-    run_root = folder / "runs"
+def sweep(spec: dict, run_root: Path, title: str) -> tuple[list[dict], list[dict]]:
+    """Run every point of the grid that has no summary yet; return the points and their summaries."""
     todo = points(spec)
     console = Console("auto")
     summaries, start, ran = [], time.perf_counter(), 0
-    with console.progress(f"sweep {Path(args.grid).stem}", len(todo)) as update:
+    with console.progress(f"sweep {title}", len(todo)) as update:
         for i, point in enumerate(todo):
             name = point_name(point)
             done = run_root / name / "summary.json"
@@ -103,8 +112,20 @@ def main() -> None:
                 ran += 1
             summaries.append(json.loads(done.read_text()))
             update(i + 1, {"point": name, "ran": ran, "elapsed_s": round(time.perf_counter() - start)})
-    columns = [*todo[0].keys(), "samples/s", "final top-1", "best top-1", "max stage saved MiB"]
-    rows = [row(p, s) for p, s in zip(todo, summaries)]
+    return todo, summaries
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("grid", help="grid YAML file")
+    parser.add_argument("--out", help="results folder (default: benchmarks/results/<hardware>-<date>/ablate-<grid>)")
+    args = parser.parse_args()
+    spec = yaml.safe_load(Path(args.grid).read_text())
+    folder = results_dir(f"ablate-{Path(args.grid).stem}", args.out)
+    todo, summaries = sweep(spec, folder / "runs", Path(args.grid).stem)
+    keys = point_keys(todo)
+    columns = [*keys, "samples/s", "final top-1", "best top-1", "max stage saved MiB"]
+    rows = [row(p, s, keys) for p, s in zip(todo, summaries)]
     header = (
         f"# Ablation {Path(args.grid).stem}\n\nhardware: {hardware()}; grid file: {args.grid}\n\n"
         f"```yaml\n{yaml.safe_dump(spec, sort_keys=False).strip()}\n```\n\n"
@@ -115,7 +136,7 @@ def main() -> None:
             folder, "ablation", columns, rows, {"hardware": hardware(), "spec": spec, "summaries": summaries}, header
         )
     )
-    plot(folder, [point_name(p) for p in todo], [r[len(todo[0])] for r in rows])
+    plot(folder, [point_name(p) for p in todo], [r[len(keys)] for r in rows])
 
 
 def plot(folder: Path, names: list[str], rates: list[float]) -> None:

@@ -6,8 +6,9 @@
 
 Runs, on the same model, data and global batch: ``e2e`` (one process), ``ddp``, ``gpipe``, ``1f1b``
 (P processes, ``pipeline.microbatches``), the local ``pipeline`` (the chosen method, K modules on P
-stages), ``pipeline+guidance`` (the same with sync guidance every 20 steps) and ``ddg`` (the delayed-gradient
-E2E baseline: method e2e as a pipeline with async cross-stage gradients, DDG-style). Each run trains ``--epochs`` epochs of ``--steps`` steps; its throughput is the median epoch's
+stages), ``pipeline+guidance`` (the same with sync guidance every 20 steps) and ``ddg`` (the
+delayed-gradient E2E baseline: method e2e as a pipeline with async cross-stage gradients, DDG-style).
+Each run trains ``--epochs`` epochs of ``--steps`` steps; its throughput is the median epoch's
 samples/s (the first epoch is warm-up), and the figure per mode is the median over ``--repeats``
 alternating repeats. Threads are fair on CPU: every mode gets the same total, P (one process with P
 threads, or P processes with one thread each); the output says so. Memory: peak bytes saved for

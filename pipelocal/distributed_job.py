@@ -149,12 +149,12 @@ def report(summary: dict, console: Console) -> None:
             held = (s["kept_bytes_peak"] + s["stash_bytes_peak"]) / 2**20
             row += [s["guided_steps"], round(s["grad_wait_frac_median"], 3), delay, round(held, 1)]
     if any(s["reuse"] or s["dropped"] for s in summary["stages"]):
-        columns += ["steps", "fresh", "reused", "dropped unused", "staleness p50/p95/max"]
+        columns += ["steps", "fresh", "reused", "dropped unused", "staleness p50/p95/max", "buffer MiB"]
         for row, s in zip(rows, summary["stages"]):
             st = s["staleness"]
             reused = s["steps"] - s["fresh"] if s["reuse"] else 0
             row += [s["steps"], s["fresh"] if s["reuse"] else s["steps"], reused, s["dropped_unused"]]
-            row.append(f"{st['p50']}/{st['p95']}/{st['max']}")
+            row += [f"{st['p50']}/{st['p95']}/{st['max']}", round(s["buffer_bytes_peak"] / 2**20, 1)]
     if any(s["sleep_s_per_step_median"] for s in summary["stages"]):
         columns.append("injected sleep ms/step")
         for row, s in zip(rows, summary["stages"]):

@@ -137,6 +137,10 @@ class LocalStep:
         self.guided = guide is not None
         meter, deferred, last = self.meter, [], len(self.modules) - 1
         for j, module in enumerate(self.modules):
+            if j == 0 and self.stash and self.late[0]:
+                # The graph outlives this step; a received input is a view of a receive buffer that a later
+                # message will overwrite (behind autograd's back), so the graph gets its own copy.
+                x = x.clone()
             x = x.detach().requires_grad_(self.reach[j] and (j > 0 or self.first > 0))
             if meter:
                 meter.reset_peak()
