@@ -79,3 +79,12 @@ def test_accuracy_runs_per_config_overrides(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     rows = json.loads((tmp_path / "accuracy.json").read_text())["rows"]
     assert rows[0][0] == "infopro_guided_k4-every=2" and rows[0][6] == "2 / 4"
+
+
+def test_step_cost_measures_local_and_guided_steps(tmp_path):
+    cmd = [sys.executable, "benchmarks/step_cost.py", "--methods", "greedy", "mlaan", "--modules", "4"]
+    cmd += ["--batch", "8", "--rounds", "1", "--threads", "1", "--out", str(tmp_path)]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = json.loads((tmp_path / "step_cost.json").read_text())["rows"]
+    assert [r[:2] for r in rows] == [["greedy", 4], ["mlaan", 4]] and all(r[2] > 0 and r[3] > 0 for r in rows)

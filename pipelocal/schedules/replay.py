@@ -22,7 +22,15 @@ import torch
 import torch.distributed as dist
 
 from pipelocal.data import Batch
-from pipelocal.distributed.transport import Kind, PeerError, WireError, decode_header, header_size
+from pipelocal.distributed.transport import (
+    Expected,
+    Kind,
+    PeerError,
+    WireError,
+    check_header,
+    decode_header,
+    header_size,
+)
 
 
 @dataclass
@@ -112,21 +120,11 @@ class LinkReader:
             self.items.put(PeerError(f"stage {self.dst} lost its replay link from stage {self.src}: {err}"))
 
     def _check(self, header) -> None:
-        problems = []
-        if header.kind not in (Kind.DATA, Kind.EPOCH, Kind.STOP):
-            problems.append(f"kind {header.kind!r} (expected DATA, EPOCH or STOP)")
-        if header.kind == Kind.DATA:
-            if header.step != self._next_step:
-                problems.append(f"message {header.step} (expected {self._next_step})")
-            got = [m.describe() for m in header.metas]
-            want = [m.describe() for m in self.metas]
-            if got != want:
-                problems.append(f"tensors {got} (expected {want})")
-            self._next_step = header.step + 1
-        if problems:
-            raise WireError(
-                f"stage {self.dst} received a bad replay message from stage {self.src}: " + "; ".join(problems)
-            )
+        """EPOCH and STOP close a stream; anything else must be the next DATA message, of the agreed shapes."""
+        if header.kind in (Kind.EPOCH, Kind.STOP):
+            return
+        check_header(header, Expected(Kind.DATA, self._next_step, header.valid, self.metas), self.src, self.dst)
+        self._next_step += 1
 
     def get(self, block: bool):
         """The next item, or None when none is waiting and ``block`` is False; raises what the thread hit."""

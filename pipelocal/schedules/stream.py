@@ -253,7 +253,7 @@ class StageLoop:
             if self._pending:
                 self._apply_arrived(stats, block=False)
             batch = self._inputs(loader_iter)
-            busy = time.perf_counter()
+            busy, grad_wait = time.perf_counter(), stats.grad_wait_s
             kind = self.plan.train_kind(t)
             on_output = None if self.sender is None else (lambda h, b=batch, k=kind, t=t: self._send(k, t, b, h))
             step = stage.begin(net_spans(stage.method, guide))
@@ -263,7 +263,7 @@ class StageLoop:
             elif step.incoming:
                 self._pending.append((t, step))
             result = step.finish()
-            self._straggle(stats, busy)
+            self._straggle(stats, busy + stats.grad_wait_s - grad_wait)  # compute only, not the gradient wait
             if self.grad_sender is not None:
                 keys = grad_keys(self.plan, stage.method, stage.first, t)
                 if keys:
@@ -283,9 +283,10 @@ class StageLoop:
             if self.receiver is not None:
                 stats.staleness.append(self._staleness)
             stats.steps, stats.samples, self.step = i + 1, stats.samples + len(batch), self.step + 1
-            if self.on_step is not None and result.losses:
+            if self.on_step is not None:
                 hook_start = time.perf_counter()
-                self.on_step(epoch, i + 1, steps, stats, torch.stack(result.losses), start, waits)
+                losses = torch.stack(result.losses) if result.losses else torch.zeros(0)
+                self.on_step(epoch, i + 1, steps, stats, losses, start, waits)
                 stats.log_s += time.perf_counter() - hook_start
         if self._pending:
             self._apply_arrived(stats, block=True)  # the epoch's updates are complete before it is evaluated
