@@ -184,7 +184,7 @@ def _live_hook(loop, every: int, collector, reporter, console: Console, stage_in
             "recv_wait_frac": (recv - waits[0]) / elapsed,
             "send_wait_frac": (send - waits[1]) / elapsed,
             "staleness": statistics.fmean(stats.staleness) if stats.staleness else 0.0,
-            "loss": losses[-1].item() if len(losses) else None,  # host sync, once per interval only
+            "loss": losses[-1].item() if len(losses) else 0.0,  # host sync, once per interval only
             "saved_mib": max(stats.saved_peak or [0]) / 2**20,
         }
         row["compute_frac"] = 1 - row["recv_wait_frac"] - row["send_wait_frac"]
