@@ -87,11 +87,12 @@ def test_guidance_steps_are_counted_and_logged(tmp_path):
     assert summary["config"]["guidance"]["every"] == 3
 
 
-def test_pipeline_refuses_what_it_cannot_run_yet():
+def test_configs_that_cannot_run_are_refused():
     from pipelocal.config import ConfigError
 
     for extra in (["--method.name=mlaan"], ["--guidance.every=10"]):
-        with pytest.raises(ConfigError, match="mode=sequential"):
-            tiny_config("--mode=pipeline", *extra)
+        with pytest.raises(ConfigError, match="replay"):
+            tiny_config("--mode=pipeline", "--pipeline.buffer=replay", *extra)
     with pytest.raises(ConfigError, match="guidance"):
         tiny_config("--mode=e2e", "--method.name=e2e", "--guidance.every=10")
+    tiny_config("--mode=pipeline", "--method.name=mlaan", "--guidance.every=10")  # the pipeline runs these
