@@ -42,9 +42,10 @@ from pipelocal.distributed.transport import (
 from pipelocal.optim import lr_for_step, set_lr
 from pipelocal.runtime import build_local_net
 from pipelocal.runtime.guidance import guide_for
-from pipelocal.runtime.stage import Stage, flat_state, load_flat_state
+from pipelocal.runtime.stage import Stage
 from pipelocal.runtime.step import crossing_spans, net_spans
 from pipelocal.schedules import LOOPS
+from pipelocal.schedules.ema_links import EmaLinks
 from pipelocal.schedules.replay import Entry, LinkReader, ReplayBuffer
 from pipelocal.split import stage_ranges
 
@@ -509,41 +510,6 @@ def _pad(t: torch.Tensor, rows: int, copy: bool = False) -> torch.Tensor:
     if len(t) == rows:
         return t.contiguous().clone() if copy else t.contiguous()
     return F.pad(t, (0, 0) * (t.dim() - 1) + (0, rows - len(t)))
-
-
-class EmaLinks:
-    """MLAAN in a pipeline: weights of backbone units flow from the stage that owns them to the stages whose
-    aux nets keep an EMA of them, every ``method.ema_sync_every`` steps, after the owner's step (DESIGN §5).
-    With 1 the follower gets the unit as it is after the same step, as in sequential mode; larger is a
-    stale EMA (an ablation knob). Sends are non-blocking; a follower waits for what it receives."""
-
-    def __init__(self, stage: Stage, group, stage_of_unit, followers: dict[int, list[int]], every: int, rank: int):
-        self.stage, self.group, self.every, self.rank = stage, group, every, rank
-        self.inbound = sorted((stage_of_unit(u), u) for u in stage.copies)  # (owner, unit) I follow remotely
-        self.outbound = sorted(  # (follower, unit) for the units I own
-            (f, u) for u, fs in followers.items() for f in set(fs) if f != rank and stage_of_unit(u) == rank
-        )
-        self._works: list = []
-        self.wait_s = 0.0
-
-    def sync(self, step: int) -> None:
-        if (step + 1) % self.every:
-            return
-        self.flush()
-        for follower, unit in self.outbound:
-            flat = flat_state(self.stage.unit(unit)).clone()
-            self._works.append((dist.isend(flat, follower, group=self.group), flat))
-        for owner, unit in self.inbound:
-            begin = time.perf_counter()
-            flat = torch.empty_like(flat_state(self.stage.copies[unit]))
-            dist.recv(flat, owner, group=self.group)
-            load_flat_state(self.stage.copies[unit], flat)
-            self.wait_s += time.perf_counter() - begin
-
-    def flush(self) -> None:
-        for work, _ in self._works:
-            work.wait()
-        self._works = []
 
 
 # ----------------------------------------------------------------------------------- building a stage
