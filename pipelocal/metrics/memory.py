@@ -52,7 +52,11 @@ class SavedTensorMeter:
             self.peak = max(self.peak, self.live)
         else:
             entry[0] += 1
-        return _Saved(tensor, key, self)
+        # Detached: the hook sees the live tensor with its grad_fn, and holding that for a saved output is a
+        # cycle through C++ (output -> grad_fn -> saved variable -> token -> output) that no gc can free once
+        # a graph is kept with retain_graph=True and never walked again (a head's graph under MLAAN's cascade
+        # or guidance's add). Autograd puts the grad_fn back on unpack, so detaching loses nothing.
+        return _Saved(tensor.detach(), key, self)
 
     def _release(self, key) -> None:
         entry = self._storages[key]
