@@ -44,9 +44,11 @@ def parse_spec(spec: str) -> tuple[str, str, list[str]]:
 def run_one(spec: str, overrides: list[str], run_root: Path, nproc: int, resume: bool) -> dict:
     config, name, own = parse_spec(spec)
     summary_path = run_root / name / "summary.json"
+    wall_path = run_root / name / "benchmark.json"  # this script's own record: wall minutes and command
     if resume and summary_path.exists():
         print(f"# {name}: finished before, kept ({summary_path})", flush=True)
-        return json.loads(summary_path.read_text())
+        wall = json.loads(wall_path.read_text()) if wall_path.exists() else {}
+        return json.loads(summary_path.read_text()) | wall
     args = [
         "--config",
         config,
@@ -59,9 +61,9 @@ def run_one(spec: str, overrides: list[str], run_root: Path, nproc: int, resume:
     start = time.perf_counter()
     cmd = pipelocal_command(args, nproc)
     summary = run_job(cmd, run_root / name, Path.cwd(), quiet=False)
-    summary["minutes"] = (time.perf_counter() - start) / 60
-    summary["command"] = shlex.join(cmd)
-    return summary
+    wall = {"minutes": (time.perf_counter() - start) / 60, "command": shlex.join(cmd)}
+    wall_path.write_text(json.dumps(wall))
+    return summary | wall
 
 
 def row(spec: str, s: dict) -> list:
@@ -80,7 +82,7 @@ def row(spec: str, s: dict) -> list:
         minutes,
         max(mib),
         " / ".join(map(str, mib)),
-        round(s["minutes"], 1),
+        round(s["minutes"], 1) if "minutes" in s else None,  # runs kept from before this record existed
     ]
 
 

@@ -79,6 +79,9 @@ def test_accuracy_runs_per_config_overrides(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     rows = json.loads((tmp_path / "accuracy.json").read_text())["rows"]
     assert rows[0][0] == "infopro_guided_k4-every=2" and rows[0][6] == "2 / 4"
+    again = subprocess.run(cmd + ["--resume"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "$ " not in again.stdout, again.stderr[-3000:]  # kept, not run again
+    assert json.loads((tmp_path / "accuracy.json").read_text())["rows"] == rows  # the same row, wall time too
 
 
 def test_step_cost_measures_local_and_guided_steps(tmp_path):
