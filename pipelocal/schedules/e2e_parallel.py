@@ -32,7 +32,8 @@ from pipelocal.optim import lr_for_step, set_lr
 from pipelocal.runtime import build_local_net
 from pipelocal.runtime.stage import Stage
 from pipelocal.schedules import LOOPS
-from pipelocal.schedules.stream import Plan, StageStats
+from pipelocal.schedules.plan import Plan
+from pipelocal.schedules.stream import StageStats
 from pipelocal.split import stage_ranges
 
 

@@ -41,99 +41,13 @@ from pipelocal.distributed.transport import (
 )
 from pipelocal.optim import lr_for_step, set_lr
 from pipelocal.runtime import build_local_net
-from pipelocal.runtime.guidance import guide_for
 from pipelocal.runtime.stage import Stage
-from pipelocal.runtime.step import crossing_spans, net_spans
+from pipelocal.runtime.step import net_spans
 from pipelocal.schedules import LOOPS
 from pipelocal.schedules.ema_links import EmaLinks
+from pipelocal.schedules.plan import Plan, expectations, grad_expectations, grad_keys, link_metas
 from pipelocal.schedules.replay import Entry, LinkReader, ReplayBuffer
 from pipelocal.split import stage_ranges
-
-
-@dataclass(frozen=True)
-class Plan:
-    """The message schedule of the whole run: valid rows of every train/eval step, and which epochs evaluate."""
-
-    epochs: int
-    batch_size: int
-    eval_batch_size: int
-    train_rows: tuple[int, ...]  # per step of one epoch
-    eval_rows: tuple[int, ...]  # per step of one evaluation
-    eval_epochs: tuple[int, ...]
-    guides: tuple = ()  # per global training step: its Guide, or None
-
-    @classmethod
-    def build(cls, cfg, train_len: int, test_len: int) -> Plan:
-        train = _rows(train_len, cfg.data.batch_size, cfg.data.drop_last)[: cfg.train.max_steps or None]
-        epochs, every = cfg.train.epochs, cfg.train.eval_every
-        evals = tuple(e for e in range(epochs) if (e + 1) % every == 0 or e + 1 == epochs)
-        steps = len(train)
-        guides = tuple(guide_for(cfg.guidance, t // steps, t) for t in range(epochs * steps))
-        return cls(
-            epochs,
-            cfg.data.batch_size,
-            cfg.data.eval_batch_size,
-            train,
-            _rows(test_len, cfg.data.eval_batch_size, False),
-            evals,
-            guides,
-        )
-
-    def train_kind(self, step: int) -> Kind:
-        return Kind.GUIDE if self.guides[step] is not None else Kind.DATA
-
-    def train_steps(self) -> list[tuple[int, int]]:
-        """(global step, valid rows) of every training step of the run."""
-        return [(e * len(self.train_rows) + i, r) for e in range(self.epochs) for i, r in enumerate(self.train_rows)]
-
-    def messages(self) -> list[tuple[Kind, int, int]]:
-        """Every message in order: (kind, step, valid rows); DATA/GUIDE steps count across epochs."""
-        out, eval_step = [], 0
-        for epoch in range(self.epochs):
-            base = epoch * len(self.train_rows)
-            out += [(self.train_kind(base + i), base + i, r) for i, r in enumerate(self.train_rows)]
-            if epoch in self.eval_epochs:
-                out += [(Kind.EVAL, eval_step + j, r) for j, r in enumerate(self.eval_rows)]
-                eval_step += len(self.eval_rows)
-        return out + [(Kind.STOP, 0, 0)]
-
-
-def _rows(n: int, batch: int, drop_last: bool) -> tuple[int, ...]:
-    full, rest = divmod(n, batch)
-    return (batch,) * full + ((rest,) if rest and not drop_last else ())
-
-
-def link_metas(plan: Plan, shape: tuple[int, ...], context_shapes: dict[str, tuple[int, ...]]):
-    """Tensors on the wire into a stage: DATA carries the activation and the context; EVAL the activation."""
-    data = [TensorMeta(torch.float32, (plan.batch_size, *shape))]
-    data += [TensorMeta(torch.float32, (plan.batch_size, *s)) for s in context_shapes.values()]
-    return {
-        Kind.DATA: tuple(data),
-        Kind.GUIDE: tuple(data),
-        Kind.EVAL: (TensorMeta(torch.float32, (plan.eval_batch_size, *shape)),),
-        Kind.STOP: (),
-    }
-
-
-def expectations(plan: Plan, metas) -> list[Expected]:
-    return [Expected(kind, step, valid, metas[kind]) for kind, step, valid in plan.messages()]
-
-
-def grad_keys(plan: Plan, method, boundary: int, step: int) -> list[int]:
-    """Spans left of the gradients crossing into module ``boundary - 1`` on training step ``step``."""
-    return crossing_spans(net_spans(method, plan.guides[step]), boundary)
-
-
-def grad_expectations(plan: Plan, method, boundary: int, shape) -> list[Expected]:
-    """GRAD messages on the link into module ``boundary - 1``: one per step that has gradients crossing it."""
-    out = []
-    for step, rows in plan.train_steps():
-        keys = grad_keys(plan, method, boundary, step)
-        if keys:
-            out.append(
-                Expected(Kind.GRAD, step, rows, (TensorMeta(torch.float32, (plan.batch_size, *shape)),) * len(keys))
-            )
-    return out
 
 
 @dataclass
