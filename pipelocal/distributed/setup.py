@@ -23,25 +23,7 @@ import torch
 import torch.distributed as dist
 
 from pipelocal.config import ConfigError
-
-
-@dataclass(frozen=True)
-class Topology:
-    """Where this process sits: stage ``stage_index`` of ``num_stages``, on ``device``."""
-
-    stage_index: int
-    num_stages: int
-    local_rank: int
-    device: torch.device
-    backend: str
-
-    @property
-    def is_first_stage(self) -> bool:
-        return self.stage_index == 0
-
-    @property
-    def is_last_stage(self) -> bool:
-        return self.stage_index == self.num_stages - 1
+from pipelocal.distributed.topology import Topology
 
 
 @dataclass(frozen=True)
@@ -58,8 +40,9 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def init_distributed(timeout_s: float) -> tuple[Topology, Groups]:
-    """Join the job torchrun started; fail at start-up (not at the first send) when the setup is wrong."""
+def init_distributed(timeout_s: float, data_parallel: bool = False) -> tuple[Topology, Groups]:
+    """Join the job torchrun started; fail at start-up (not at the first send) when the setup is wrong.
+    ``data_parallel``: every process is a replica of the whole net (ddp), not a pipeline stage."""
     if not launched_by_torchrun():
         raise ConfigError(
             "mode=pipeline runs one process per stage: start it with torchrun, e.g. "
@@ -84,7 +67,8 @@ def init_distributed(timeout_s: float) -> tuple[Topology, Groups]:
         control=dist.new_group(backend="gloo", timeout=timeout),
         stats=dist.new_group(backend="gloo", timeout=timeout),
     )
-    return Topology(rank, world, local_rank, device, backend), groups
+    dp = world if data_parallel else 1
+    return Topology.of_world(world, rank, device, backend, local_rank, dp=dp), groups
 
 
 def destroy_distributed() -> None:

@@ -19,6 +19,7 @@ from enum import IntEnum
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
 MAX_TENSORS = 4
 MAX_DIMS = 5
@@ -68,6 +69,14 @@ class Header:
     valid: int
     metas: tuple[TensorMeta, ...]
     labels: torch.Tensor
+
+
+def pad_rows(t: torch.Tensor, rows: int, copy: bool = False) -> torch.Tensor:
+    """The wire carries full batches; the last, smaller one is zero-padded and its header says how many rows count.
+    ``copy``: a tensor of its own even when no padding is needed (a relayed view of a receive buffer)."""
+    if len(t) == rows:
+        return t.contiguous().clone() if copy else t.contiguous()
+    return F.pad(t, (0, 0) * (t.dim() - 1) + (0, rows - len(t)))
 
 
 def header_size(max_rows: int) -> int:

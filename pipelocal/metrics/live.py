@@ -10,29 +10,57 @@ last row is marked final, so at the end no send or receive is left unmatched.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-FIELDS = (
-    "stage",
-    "epoch",
-    "step",
-    "steps",
-    "samples_per_s",
-    "compute_frac",
-    "recv_wait_frac",
-    "send_wait_frac",
-    "staleness",
-    "loss",
-    "saved_mib",
-    "final",
-)
+from pipelocal.metrics.console import stage_row
 
 
-def _row(values: dict, final: bool) -> torch.Tensor:
-    return torch.tensor([float(values.get(f, 0.0)) for f in FIELDS[:-1]] + [float(final)], dtype=torch.float64)
+@dataclass
+class LiveRow:
+    """A stage's newest figures in the epoch so far (fractions of its wall time since the epoch began)."""
+
+    stage: int
+    epoch: int
+    step: int
+    steps: int  # of the epoch (the plan's; a replay consumer may take more)
+    samples_per_s: float
+    compute_frac: float
+    recv_wait_frac: float
+    send_wait_frac: float
+    staleness: float  # mean so far
+    loss: float  # the stage's last head, this step (0.0 where the stage computes no loss)
+    saved_mib: float
+
+    def cells(self) -> list:
+        return stage_row(
+            self.stage,
+            self.samples_per_s,
+            self.compute_frac,
+            self.recv_wait_frac,
+            self.send_wait_frac,
+            self.staleness,
+            self.loss,
+            self.saved_mib,
+        )
+
+    def to_tensor(self, final: bool) -> torch.Tensor:
+        values = [float(getattr(self, f.name)) for f in dataclasses.fields(self)]
+        return torch.tensor(values + [float(final)], dtype=torch.float64)
+
+    @classmethod
+    def from_tensor(cls, row: torch.Tensor) -> tuple[LiveRow, bool]:
+        *values, final = row.tolist()
+        kinds = [f.type for f in dataclasses.fields(cls)]
+        return cls(*[int(v) if k == "int" else v for v, k in zip(values, kinds)]), bool(final)
+
+    @classmethod
+    def size(cls) -> int:
+        return len(dataclasses.fields(cls)) + 1  # + the final flag
 
 
 class LiveReporter:
@@ -45,9 +73,10 @@ class LiveReporter:
         self._thread = threading.Thread(target=self._run, name="live-reporter", daemon=True)
         self._thread.start()
 
-    def report(self, values: dict, final: bool = False) -> None:
+    def report(self, row: LiveRow | None, final: bool = False) -> None:
+        """Hand over the newest row; ``final`` (row may be None then) ends the thread once rank 0 has it."""
         with self._ready:
-            self._slot = _row(values, final)
+            self._slot = (row or LiveRow(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)).to_tensor(final)
             self._ready.notify()
         if final:
             self._thread.join()
@@ -65,16 +94,14 @@ class LiveReporter:
 class LiveCollector:
     """On rank 0: the newest row of every other stage, kept by one receiving thread per rank."""
 
-    def __init__(self, group, num_stages: int):
+    def __init__(self, group, ranks: list[int]):
         self.group = group
-        self.latest: dict[int, dict] = {}
-        self._threads = [
-            threading.Thread(target=self._run, args=(r,), name=f"live-{r}", daemon=True) for r in range(1, num_stages)
-        ]
+        self.latest: dict[int, LiveRow] = {}
+        self._threads = [threading.Thread(target=self._run, args=(r,), name=f"live-{r}", daemon=True) for r in ranks]
         for t in self._threads:
             t.start()
 
-    def poll(self) -> dict[int, dict]:
+    def poll(self) -> dict[int, LiveRow]:
         return dict(self.latest)
 
     def drain(self) -> None:
@@ -83,10 +110,10 @@ class LiveCollector:
             t.join()
 
     def _run(self, rank: int) -> None:
-        buffer = torch.zeros(len(FIELDS), dtype=torch.float64)
+        buffer = torch.zeros(LiveRow.size(), dtype=torch.float64)
         while True:
             dist.irecv(buffer, rank, group=self.group).wait()
-            row = dict(zip(FIELDS, buffer.tolist()))
-            self.latest[rank] = row
-            if row["final"]:
+            row, final = LiveRow.from_tensor(buffer)
+            if final:
                 return
+            self.latest[rank] = row

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from pipelocal.config import JobConfig
-from pipelocal.metrics.memory import SavedTensorMeter
+from pipelocal.metrics.memory import SavedTensorMeter, static_bytes
 from pipelocal.optim import build_optimizers
 from pipelocal.runtime.local_net import LocalNet
 from pipelocal.runtime.step import LocalStep, eval_step
@@ -29,6 +29,7 @@ class Stage:
         own_units = range(net.local_modules[self.first].unit_range[0], net.local_modules[self.last - 1].unit_range[1])
         self.followed = sorted({u for i in self.indices for u in _followed(net.local_modules[i])})
         self.copies = {u: copy.deepcopy(net.unit(u)).to(device) for u in self.followed if u not in own_units}
+        self.module_units = [list(m.unit_range) for m in net.local_modules]  # of every module, for the record
         for i in range(net.num_modules):
             if i not in self.indices:
                 net.local_modules[i] = nn.Identity()  # free what other stages own
@@ -63,6 +64,10 @@ class Stage:
     def set_mode(self, training: bool) -> None:
         for m in self.modules:
             m.train(training)
+
+    def static_bytes(self) -> dict[str, int]:
+        """Bytes of this stage's parameters, gradients and optimizer state."""
+        return static_bytes(nn.ModuleList(self.modules), self.optimizers)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {

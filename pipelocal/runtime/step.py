@@ -39,6 +39,7 @@ class StepResult:
     losses: list[torch.Tensor]  # one detached scalar per head that ran (no host sync here)
     saved_peak: list[int] = field(default_factory=list)  # live saved bytes seen while each module ran
     guided: bool = False
+    rows: int = 0  # samples in the batch (set by the step strategy that read it)
 
 
 def guided_spans(spans: tuple[int, ...], index: int, is_final: bool, guide: Guide | None) -> tuple[int, ...]:

@@ -1,7 +1,8 @@
 """End-to-end baselines across processes: DDP, and GPipe / 1F1B through ``torch.distributed.pipelining``.
 
 Same model, data, global batch and metrics as the local pipeline, so throughput and memory compare on
-the same work. Each loop has the interface of :class:`~pipelocal.schedules.stream.StageLoop`.
+the same work. Each is a step strategy of the one trainer (trainer.py), as the local modes'
+:class:`~pipelocal.schedules.stage_loop.StageLoop` is.
 
 - ``ddp``: every rank holds the whole net and trains its slice of each global batch; gradients are
   averaged by DistributedDataParallel. The loss is scaled so that uneven slices (a last partial batch)
@@ -16,7 +17,6 @@ one big batch; ``model.norm: group`` removes that difference (invariant 4 is tes
 
 from __future__ import annotations
 
-import time
 from contextlib import nullcontext
 from dataclasses import replace
 
@@ -28,22 +28,47 @@ from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGP
 from torch.nn.parallel import DistributedDataParallel
 
 from pipelocal.data import build_loaders
-from pipelocal.optim import lr_for_step, set_lr
 from pipelocal.runtime import build_local_net
 from pipelocal.runtime.stage import Stage
-from pipelocal.schedules import LOOPS
+from pipelocal.runtime.step import StepResult
+from pipelocal.schedules import LOOPS, Mode
 from pipelocal.schedules.plan import Plan
-from pipelocal.schedules.stream import StageStats
 from pipelocal.split import stage_ranges
 
 
-class _Loop:
-    """What the E2E loops share: epochs over the plan, learning rate, timing, stats."""
+class _Strategy:
+    """What the E2E strategies share: the data of an epoch, one optimizer step per batch."""
 
-    def __init__(self, cfg, stage: Stage, plan: Plan, rank: int, loaders):
-        self.cfg, self.stage, self.plan, self.rank = cfg, stage, plan, rank
+    def __init__(self, stage: Stage, plan: Plan, rank: int, loaders):
+        self.stage, self.plan, self.stage_index, self.rank = stage, plan, rank, rank
         self.train_loader, self.test_loader = loaders
-        self.on_step = None
+        self._batches = None
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.plan.train_rows)
+
+    def start_epoch(self, epoch: int) -> None:
+        self.stage.set_mode(True)
+        if self.train_loader is not None:
+            self.train_loader.set_epoch(epoch)
+            self._batches = iter(self.train_loader)
+
+    def step(self, t: int, stats) -> StepResult:
+        batch = next(self._batches) if self._batches is not None else None
+        for opt in self.stage.optimizers:
+            opt.zero_grad(set_to_none=True)
+        meter = self.stage.meter
+        if meter:
+            meter.reset_peak()
+        loss = self.train_step(batch)
+        for opt in self.stage.optimizers:
+            opt.step()
+        rows = self.plan.train_rows[t % len(self.plan.train_rows)]
+        return StepResult(None, [loss], [meter.peak if meter else 0], rows=rows)
+
+    def end_epoch(self, epoch: int, now: int, stats) -> None:
+        pass
 
     def waits(self) -> tuple[float, float]:
         return 0.0, 0.0  # communication happens inside DDP / the pipelining schedule; not split out here
@@ -51,49 +76,13 @@ class _Loop:
     def stop(self) -> None:
         pass
 
-    def checkpoint(self) -> dict | None:
+    def state_dict(self) -> dict | None:
         return self.stage.state_dict()
 
-    def train_epoch(self, epoch: int) -> StageStats:
-        cfg, stats = self.cfg, StageStats(self.rank)
-        self.stage.set_mode(True)
-        batches = None
-        if self.train_loader is not None:
-            self.train_loader.set_epoch(epoch)
-            batches = iter(self.train_loader)
-        steps = len(self.plan.train_rows)
-        if self.stage.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.stage.device)
-        loss_sum = torch.zeros((), device=self.stage.device)
-        start = time.perf_counter()
-        for i in range(steps):
-            set_lr(self.stage.optimizers, lr_for_step(cfg, epoch, i, steps))
-            batch = next(batches) if batches is not None else None
-            for opt in self.stage.optimizers:
-                opt.zero_grad(set_to_none=True)
-            meter = self.stage.meter
-            if meter:
-                meter.reset_peak()
-            loss = self.train_step(batch)
-            for opt in self.stage.optimizers:
-                opt.step()
-            loss_sum += loss
-            stats.saved_peak = [max(meter.peak if meter else 0, *(stats.saved_peak or [0]))]
-            stats.steps, stats.samples = i + 1, stats.samples + self.plan.train_rows[i]
-            if self.on_step is not None:
-                hook_start = time.perf_counter()
-                self.on_step(epoch, i + 1, steps, stats, loss.view(1), start, (0.0, 0.0))
-                stats.log_s += time.perf_counter() - hook_start
-        if self.stage.device.type == "cuda":
-            torch.cuda.synchronize(self.stage.device)  # timing must include queued kernels
-        stats.wall_s = time.perf_counter() - start
-        stats.loss = [(loss_sum / steps).item()]
-        return stats
 
-
-class DDPLoop(_Loop):
-    def __init__(self, cfg, stage: Stage, plan: Plan, rank: int, world: int, loaders, control):
-        super().__init__(cfg, stage, plan, rank, loaders)
+class DDPLoop(_Strategy):
+    def __init__(self, stage: Stage, plan: Plan, rank: int, world: int, loaders, control):
+        super().__init__(stage, plan, rank, loaders)
         self.world, self.control = world, control
         module = stage.modules[0]
         self.ddp = DistributedDataParallel(_WholeNet(module), device_ids=_device_ids(stage.device))
@@ -112,7 +101,7 @@ class DDPLoop(_Loop):
         return loss.detach() * len(batch) / max(len(y) * self.world, 1)
 
     @torch.no_grad()
-    def evaluate(self, stats: StageStats) -> None:
+    def evaluate(self, stats) -> None:
         self.stage.set_mode(False)
         correct = torch.zeros(1, dtype=torch.long)
         total = 0
@@ -125,15 +114,15 @@ class DDPLoop(_Loop):
         stats.eval_samples = total
         self.stage.set_mode(True)
 
-    def checkpoint(self) -> dict | None:
+    def state_dict(self) -> dict | None:
         return self.stage.state_dict() if self.rank == 0 else None  # every replica holds the same weights
 
 
-class PipeliningLoop(_Loop):
+class PipeliningLoop(_Strategy):
     """GPipe or 1F1B over this rank's stage, with torch.distributed.pipelining."""
 
     def __init__(self, cfg, stage: Stage, plan: Plan, rank: int, world: int, loaders, schedule_cls, group):
-        super().__init__(cfg, stage, plan, rank, loaders)
+        super().__init__(stage, plan, rank, loaders)
         self.is_first, self.is_last = rank == 0, rank == world - 1
         self.module = _StageModule(stage.modules, self.is_last)
         pipe_stage = PipelineStage(self.module, rank, world, stage.device, group=group)
@@ -153,7 +142,7 @@ class PipeliningLoop(_Loop):
         return {"target": batch.y, "losses": losses} if self.is_last else {}
 
     @torch.no_grad()
-    def evaluate(self, stats: StageStats) -> None:
+    def evaluate(self, stats) -> None:
         self.stage.set_mode(False)
         correct = torch.zeros(len(self.stage.modules), dtype=torch.long)
         correct[:-1] = -1  # only the classifier gives class scores
@@ -216,12 +205,12 @@ def _device_ids(device: torch.device):
 # ------------------------------------------------------------------------------------------ builders
 
 
-@LOOPS.register("ddp")
 def build_ddp_loop(cfg, topo, groups, setup, loaders):
+    """Every rank a replica of the whole net (``topo.dp`` = the world size)."""
     stage = _whole_stage(cfg, setup, topo, (0, 1))
     plan = Plan.build(cfg, setup["train_len"], setup["test_len"])
     loaders = loaders or build_loaders(cfg.data, topo.device, cfg.train.seed)[:2]
-    return DDPLoop(cfg, stage, plan, topo.stage_index, topo.num_stages, loaders, groups.control), stage
+    return DDPLoop(stage, plan, topo.replica, topo.dp, loaders, groups.control)
 
 
 def _pipelining_builder(schedule_cls):
@@ -234,16 +223,16 @@ def _pipelining_builder(schedule_cls):
         plan = Plan.build(replace(cfg, data=data), setup["train_len"], setup["test_len"])
         needs_data = topo.is_first_stage or topo.is_last_stage
         loaders = build_loaders(data, topo.device, cfg.train.seed)[:2] if needs_data else (None, None)
-        loop = PipeliningLoop(
+        return PipeliningLoop(
             cfg, stage, plan, topo.stage_index, topo.num_stages, loaders, schedule_cls, groups.forward
         )
-        return loop, stage
 
     return build
 
 
-LOOPS.register("gpipe")(_pipelining_builder(ScheduleGPipe))
-LOOPS.register("1f1b")(_pipelining_builder(Schedule1F1B))
+LOOPS.register("ddp")(Mode(build_ddp_loop, multi_process=True, end_to_end=True, data_parallel=True))
+LOOPS.register("gpipe")(Mode(_pipelining_builder(ScheduleGPipe), multi_process=True, end_to_end=True))
+LOOPS.register("1f1b")(Mode(_pipelining_builder(Schedule1F1B), multi_process=True, end_to_end=True))
 
 
 def _whole_stage(cfg, setup, topo, module_range):

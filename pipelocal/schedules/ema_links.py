@@ -16,11 +16,12 @@ class EmaLinks:
     With 1 the follower gets the unit as it is after the same step, as in sequential mode; larger is a
     stale EMA (an ablation knob). Sends are non-blocking; a follower waits for what it receives."""
 
-    def __init__(self, stage: Stage, group, stage_of_unit, followers: dict[int, list[int]], every: int, rank: int):
-        self.stage, self.group, self.every, self.rank = stage, group, every, rank
-        self.inbound = sorted((stage_of_unit(u), u) for u in stage.copies)  # (owner, unit) I follow remotely
-        self.outbound = sorted(  # (follower, unit) for the units I own
-            (f, u) for u, fs in followers.items() for f in set(fs) if f != rank and stage_of_unit(u) == rank
+    def __init__(self, stage: Stage, group, stage_of_unit, followers: dict[int, list[int]], every: int, topo):
+        self.stage, self.group, self.every, self.topo = stage, group, every, topo
+        me = topo.stage_index
+        self.inbound = sorted((stage_of_unit(u), u) for u in stage.copies)  # (owner stage, unit) I follow remotely
+        self.outbound = sorted(  # (follower stage, unit) for the units I own
+            (f, u) for u, fs in followers.items() for f in set(fs) if f != me and stage_of_unit(u) == me
         )
         self._works: list = []
         self.wait_s = 0.0
@@ -31,11 +32,11 @@ class EmaLinks:
         self.flush()
         for follower, unit in self.outbound:
             flat = flat_state(self.stage.unit(unit)).clone()
-            self._works.append((dist.isend(flat, follower, group=self.group), flat))
+            self._works.append((dist.isend(flat, self.topo.rank_of(follower), group=self.group), flat))
         for owner, unit in self.inbound:
             begin = time.perf_counter()
             flat = torch.empty_like(flat_state(self.stage.copies[unit]))
-            dist.recv(flat, owner, group=self.group)
+            dist.recv(flat, self.topo.rank_of(owner), group=self.group)
             load_flat_state(self.stage.copies[unit], flat)
             self.wait_s += time.perf_counter() - begin
 

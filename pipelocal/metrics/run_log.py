@@ -1,0 +1,126 @@
+"""What the trainer reports, on every rank: live rows during an epoch, the epoch's stats at its end, the
+summary at the close. Rank 0 (the coordinator) writes the run directory and draws the console.
+
+No collective on the hot path (DESIGN §4, No stalls): live rows travel off it (metrics/live.py), and each
+stage's :class:`StageStats` is gathered once per epoch, at its end, where evaluation drains the pipeline
+anyway. With one process nothing travels; the same types are written.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from pipelocal.config import to_dict
+from pipelocal.distributed.topology import Topology
+from pipelocal.metrics.console import Console, epoch_line
+from pipelocal.metrics.jsonl import JsonlWriter
+from pipelocal.metrics.live import LiveCollector, LiveReporter, LiveRow
+from pipelocal.metrics.report import closing_report
+from pipelocal.metrics.stats import EpochRecord, StageStats
+from pipelocal.metrics.summary import RunSummary
+
+
+class RunLog:
+    """One per rank. ``control`` and ``stats`` are the gloo groups (None with one process)."""
+
+    def __init__(self, cfg, topo: Topology, console: Console, run_dir: Path, control=None, stats_group=None):
+        self.cfg, self.topo, self.console, self.run_dir, self.control = cfg, topo, console, Path(run_dir), control
+        self.every = (cfg.pipeline.live_every or cfg.metrics.log_every) if topo.distributed else cfg.metrics.log_every
+        coordinator, distributed = topo.is_coordinator, topo.distributed
+        self.collector = LiveCollector(stats_group, topo.other_ranks()) if coordinator and distributed else None
+        self.reporter = LiveReporter(stats_group) if distributed and not coordinator else None
+        self.log = JsonlWriter(self.run_dir / "metrics.jsonl") if coordinator else None
+        self.live = JsonlWriter(self.run_dir / "live.jsonl") if coordinator else None
+        self.history: list[EpochRecord] = []
+
+    @contextmanager
+    def epoch(self, epoch: int, steps: int, start: float, waits):
+        """Yields ``on_step(stats, result, waits_fn, lr)``: every ``every`` steps the stage's live row goes to rank 0,
+        which draws a progress line with ETA (one process) or the all-stage table, and appends it to live.jsonl."""
+        title = f"epoch {epoch + 1}/{self.cfg.train.epochs}"
+        one_stage = not self.topo.distributed
+        with self.console.progress(title, steps) if one_stage else _no_progress() as update:
+
+            def on_step(stats: StageStats, result, current_waits, lr: float) -> None:
+                if stats.steps % self.every and stats.steps != steps:
+                    return
+                waits_now = current_waits()
+                elapsed = time.perf_counter() - start
+                row = _live_row(epoch, steps, stats, result, elapsed, waits, waits_now)
+                if self.reporter is not None:
+                    self.reporter.report(row)
+                    return
+                rows = {0: row, **(self.collector.poll() if self.collector else {})}
+                for k in sorted(rows):
+                    self.live.write({"kind": "live", **rows[k].__dict__})
+                if one_stage:
+                    update(stats.steps, {"loss": row.loss, "lr": lr, "samples/s": round(row.samples_per_s, 1)})
+                else:
+                    cells = [rows[k].cells() for k in sorted(rows)]
+                    self.console.stage_table(f"{title} step {stats.steps}/{steps}", cells)
+
+            yield on_step
+
+    def end_epoch(self, epoch: int, stats: StageStats) -> None:
+        """Gather every stage's epoch to rank 0 (the pipeline is drained here), which logs and prints it."""
+        gathered = [stats]
+        if self.topo.distributed:
+            gathered = [None] * self.topo.world_size if self.topo.is_coordinator else None
+            dist.gather_object(stats, gathered, dst=0, group=self.control)
+        if not self.topo.is_coordinator:
+            return
+        record = EpochRecord.of(epoch, gathered)
+        self.log.write(record.to_dict())
+        self.history.append(record)
+        if len(record.stages) > 1:
+            self.console.stage_table(f"epoch {epoch + 1}/{self.cfg.train.epochs}", [s.cells() for s in record.stages])
+        self.console.print(epoch_line(record.to_dict(), "at the last stage" if len(record.stages) > 1 else ""))
+
+    def close(self, module_units: list) -> RunSummary | None:
+        """After the last epoch: every rank's final live row, then rank 0 writes and prints the summary."""
+        if self.reporter is not None:
+            self.reporter.report(None, final=True)
+        if not self.topo.is_coordinator:
+            return None
+        if self.collector is not None:
+            self.collector.drain()
+        self.log.close()
+        self.live.close()
+        self.console.close()
+        backend = self.topo.backend or "none (one process)"
+        summary = RunSummary.of(
+            to_dict(self.cfg), self.history, module_units, backend, str(self.topo.device), torch.get_num_threads()
+        )
+        summary.write(self.run_dir / "summary.json")
+        closing_report(summary, self.console)
+        return summary
+
+
+def _live_row(epoch, steps, stats: StageStats, result, elapsed: float, waits, waits_now) -> LiveRow:
+    recv = (waits_now[0] - waits[0]) / elapsed
+    send = (waits_now[1] - waits[1]) / elapsed
+    loss = result.losses[-1].item() if result is not None and result.losses else 0.0  # host sync, per interval only
+    return LiveRow(
+        stage=stats.stage,
+        epoch=epoch,
+        step=stats.steps,
+        steps=steps,
+        samples_per_s=stats.samples / elapsed,
+        compute_frac=1 - recv - send,
+        recv_wait_frac=recv,
+        send_wait_frac=send,
+        staleness=statistics.fmean(stats.staleness) if stats.staleness else 0.0,
+        loss=loss,
+        saved_mib=max(stats.saved_peak or [0]) / 2**20,
+    )
+
+
+@contextmanager
+def _no_progress():
+    yield None

@@ -1,0 +1,146 @@
+"""Build one rank's stage loop for the local modes (sequential, e2e, pipeline): its modules, and every link
+the plan says it has, made here and only here.
+
+Every rank derives the same :class:`Plan`, so each knows every message it will receive: the forward
+stream's expectations, the GRAD messages that come back (one per step with a gradient crossing the
+boundary), and which units' weights it follows (MLAAN). One process (``topo.num_stages == 1``) gets no
+links at all: that is sequential mode.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from pipelocal.config import ConfigError
+from pipelocal.distributed.setup import Groups
+from pipelocal.distributed.topology import Topology
+from pipelocal.distributed.transport import (
+    Expected,
+    Kind,
+    Receiver,
+    Sender,
+    TensorMeta,
+    check_header,
+    decode_header,
+    encode_header,
+)
+from pipelocal.runtime import build_local_net
+from pipelocal.runtime.stage import Stage
+from pipelocal.schedules import LOOPS, Mode
+from pipelocal.schedules.ema_links import EmaLinks
+from pipelocal.schedules.grad_links import GradLinks
+from pipelocal.schedules.links import ForwardIn, ForwardOut, Links, ReplayIn, ReplayOut
+from pipelocal.schedules.plan import Plan, expectations, grad_expectations, link_metas
+from pipelocal.schedules.replay import LinkReader, ReplayBuffer
+from pipelocal.schedules.stage_loop import StageLoop
+from pipelocal.split import stage_ranges
+
+
+def build_stage_loop(cfg, topo: Topology, groups: Groups | None, setup: dict, loaders) -> StageLoop:
+    """This rank's stage, its links to the neighbours (after the handshake), and its loop."""
+    net = build_local_net(cfg, setup["info"], setup["ranges"])
+    per_stage = cfg.pipeline.modules_per_stage if topo.num_stages > 1 else None  # says how P > 1 stages share
+    ranges = stage_ranges(net.num_modules, topo.num_stages, per_stage)
+    stage = Stage(net, ranges[topo.stage_index], cfg, topo.device)
+    plan = Plan.build(cfg, setup["train_len"], setup["test_len"])
+    slow = cfg.pipeline.slowdown.stage
+    if slow is not None and not 0 <= slow < topo.num_stages:
+        raise ConfigError(f"pipeline.slowdown.stage={slow}, but the pipeline has stages 0..{topo.num_stages - 1}")
+    links = build_links(cfg, topo, groups, plan, stage, ranges, setup["info"]) if topo.num_stages > 1 else Links()
+    return StageLoop(cfg, stage, plan, topo.stage_index, links, loaders)
+
+
+LOOPS.register("sequential")(Mode(build_stage_loop, multi_process=False, end_to_end=False))
+LOOPS.register("e2e")(Mode(build_stage_loop, multi_process=False, end_to_end=True))
+LOOPS.register("pipeline")(Mode(build_stage_loop, multi_process=True, end_to_end=False))
+
+
+def build_links(cfg, topo: Topology, groups: Groups, plan: Plan, stage: Stage, ranges, info) -> Links:
+    s, method = topo.stage_index, stage.method
+    shapes, num_modules, rows = method.info.module_shapes, method.info.num_modules, plan.batch_size
+    depth, device, replay = cfg.pipeline.queue_depth, topo.device, cfg.pipeline.buffer == "replay"
+    max_rows = max(plan.batch_size, plan.eval_batch_size)
+
+    context_shapes = {"raw": tuple(info.input_shape)}  # the batch fields a method may declare it needs
+
+    def context_into(j: int) -> dict:
+        """Batch fields stage j or a later one reads: they must flow into stage j."""
+        needed = any(ranges[k][0] < num_modules - 1 for k in range(j, topo.num_stages))
+        return {n: context_shapes[n] for n in method.needs} if needed else {}
+
+    in_metas = None if topo.is_first_stage else link_metas(plan, shapes[ranges[s][0] - 1], context_into(s))
+    out_context = {} if topo.is_last_stage else context_into(s + 1)
+    out_metas = None if topo.is_last_stage else link_metas(plan, stage.output_shape, out_context)
+    handshake(topo, groups, out_metas, in_metas, rows)
+    links = Links()
+    if in_metas is not None:
+        # A replay link carries the training traffic; the forward group keeps evaluation and STOP.
+        planned = [e for e in expectations(plan, in_metas) if not replay or e.kind in (Kind.EVAL, Kind.STOP)]
+        links.forward_in = ForwardIn(Receiver(groups.forward, topo.prev_rank, s, planned, depth, device, max_rows))
+        if replay:
+            p = cfg.pipeline
+            buffer = ReplayBuffer(p.buffer_size, p.sampling, p.max_reuse, cfg.train.seed + s)
+            reader = LinkReader(groups.links[(s - 1) % 2], topo.prev_rank, s, in_metas[Kind.DATA], device, rows)
+            links.replay_in = ReplayIn(reader, buffer, s)
+    if out_metas is not None:
+        sender = Sender(groups.forward, s, topo.next_rank, depth, max_rows, device)
+        context = tuple(out_context)
+        links.forward_out = ForwardOut(sender, out_metas, context, plan.batch_size, plan.eval_batch_size)
+        if replay:
+            link = Sender(groups.links[s % 2], s, topo.next_rank, depth, rows, device)
+            links.replay_out = ReplayOut(link, out_metas[Kind.DATA], context, rows)
+    links.grads = _grad_links(cfg, topo, groups, plan, stage, ranges)
+    links.ema = _ema_links(cfg, topo, groups, stage, ranges)
+    return links
+
+
+def _grad_links(cfg, topo: Topology, groups: Groups, plan: Plan, stage: Stage, ranges) -> GradLinks | None:
+    """GRAD links to the neighbours where some gradient crosses (None: none does)."""
+    s, method, rows, device = topo.stage_index, stage.method, plan.batch_size, topo.device
+    shapes, depth = method.info.module_shapes, cfg.pipeline.queue_depth + 1
+    grads = GradLinks(plan, method, stage.first, s, cfg.guidance.mode == "async")
+    if not topo.is_last_stage:
+        boundary = ranges[s + 1][0]
+        expected = grad_expectations(plan, method, boundary, shapes[boundary - 1])
+        if expected:
+            grads.receiver = Receiver(groups.backward, topo.next_rank, s, expected, depth, device, rows)
+    if not topo.is_first_stage and grad_expectations(plan, method, stage.first, shapes[stage.first - 1]):
+        grads.sender = Sender(groups.backward, s, topo.prev_rank, depth, rows, device)
+        grads.metas = (TensorMeta(torch.float32, (rows, *shapes[stage.first - 1])),)
+    return grads if grads.receiver is not None or grads.sender is not None else None
+
+
+def _ema_links(cfg, topo: Topology, groups: Groups, stage: Stage, ranges) -> EmaLinks | None:
+    """MLAAN: weights of followed units flow from the stage that owns them to the stages that follow them."""
+    method = stage.method
+    stage_of_module = {i: k for k, (a, b) in enumerate(ranges) for i in range(a, b)}
+    ends = method.info.module_ends
+
+    def stage_of_unit(u: int) -> int:
+        return stage_of_module[next(i for i, end in enumerate(ends) if u <= end)]
+
+    followers: dict[int, list[int]] = {}
+    for i in range(method.info.num_modules):
+        for u in method.followed_units(i):
+            followers.setdefault(u, []).append(stage_of_module[i])
+    if not followers:
+        return None
+    return EmaLinks(stage, groups.weights, stage_of_unit, followers, cfg.method.ema_sync_every, topo)
+
+
+def handshake(topo: Topology, groups: Groups, out_metas, in_metas, rows: int) -> None:
+    """Stage s tells s+1 what it will send; s+1 checks it against what it expects (fail at start-up)."""
+    works, incoming = [], None
+    if in_metas is not None:
+        size = len(encode_header(Kind.DATA, -1, 0, in_metas[Kind.DATA], torch.zeros(0), rows))
+        incoming = torch.empty(size, dtype=torch.int64, device=topo.device)
+        works.append(dist.irecv(incoming, topo.prev_rank, group=groups.forward))
+    if out_metas is not None:
+        outgoing = encode_header(Kind.DATA, -1, 0, out_metas[Kind.DATA], torch.zeros(0), rows).to(topo.device)
+        works.append(dist.isend(outgoing, topo.next_rank, group=groups.forward))
+    for work in works:
+        work.wait()
+    if incoming is not None:
+        s = topo.stage_index
+        check_header(decode_header(incoming), Expected(Kind.DATA, -1, 0, in_metas[Kind.DATA]), s - 1, s)

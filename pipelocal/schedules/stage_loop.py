@@ -1,0 +1,162 @@
+"""What one stage does in one training step, in order (DESIGN §4): the step strategy of the local modes.
+
+Take batch t (from the data loader on the first stage, else from the previous stage's link), run the
+stage's modules, send the detached output downstream as soon as it exists (before the last module's
+backward), then the local backward(s) and optimizer steps; gradients from later stages and MLAAN's weights
+go through their links. A local method never waits for a gradient. Evaluation streams the test set the
+same way under no_grad. Epochs, the learning rate, metrics and checkpoints are the trainer's (trainer.py).
+
+Sequential mode is this loop with one stage holding all K modules and no links; e2e is that with K = 1.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import torch
+
+from pipelocal.data import Batch
+from pipelocal.distributed.transport import Kind
+from pipelocal.runtime.stage import Stage
+from pipelocal.runtime.step import StepResult, net_spans
+from pipelocal.schedules.links import Links
+from pipelocal.schedules.plan import Plan
+
+
+class StageLoop:
+    """Runs one stage through the plan over its ``links``; ``loaders`` only where the stage reads data."""
+
+    def __init__(self, cfg, stage: Stage, plan: Plan, stage_index: int, links: Links, loaders=None):
+        self.stage, self.plan, self.stage_index, self.links = stage, plan, stage_index, links
+        self.train_loader, self.test_loader = loaders or (None, None)
+        self._batches = None
+        self._eval_step = 0
+        self._fault = injected_fault(stage_index)
+        slow = cfg.pipeline.slowdown
+        self.slowdown = slow.factor if slow.stage == stage_index and slow.factor > 1 else 1.0
+
+    @property
+    def steps_per_epoch(self) -> int | None:
+        """Training steps of an epoch; None: a replay consumer trains until its producer's epoch is over."""
+        return None if self.links.replay_in is not None else len(self.plan.train_rows)
+
+    def start_epoch(self, epoch: int) -> None:
+        self.stage.set_mode(True)
+        if self.train_loader is not None:
+            self.train_loader.set_epoch(epoch)
+            self._batches = iter(self.train_loader)
+        if self.links.replay_in is not None:
+            self.links.replay_in.start_epoch()
+
+    def step(self, t: int, stats) -> StepResult | None:
+        """Training step ``t`` (counted across epochs); None when the epoch is over for this stage."""
+        if self._fault and self._fault[0] == t:
+            _inject(self._fault[1], self.stage_index, t)
+        grads, ema = self.links.grads, self.links.ema
+        if grads is not None and grads.waiting:
+            grads.apply_arrived(t, stats, block=False)
+        batch = self._next_input(stats)
+        if batch is None:
+            return None
+        guide = self.plan.guides[t] if self.links.planned else None
+        busy, grad_wait = time.perf_counter(), stats.grad_wait_s
+        step = self.stage.begin(net_spans(self.stage.method, guide))
+        step.forward(batch.x, batch, guide, self._output(t, batch))
+        if grads is not None:
+            grads.on_forward(t, step, stats)
+        result = step.finish()
+        self._straggle(stats, busy + stats.grad_wait_s - grad_wait)  # compute only, not the gradient wait
+        if grads is not None:
+            grads.on_finish(t, step, len(batch))
+        if ema is not None:
+            ema.sync(t)
+        self.stage.after_step()
+        self._memory(stats, step)
+        result.rows = len(batch)
+        return result
+
+    def _next_input(self, stats) -> Batch | None:
+        if self._batches is not None:
+            return next(self._batches)
+        if self.links.replay_in is not None:
+            return self.links.replay_in.next(stats)
+        batch, staleness = self.links.forward_in.recv()
+        stats.staleness.append(staleness)
+        return batch
+
+    def _output(self, t: int, batch: Batch):
+        """Where the last module's detached output goes, as soon as it exists (None: the last stage)."""
+        if self.links.replay_out is not None:
+            return lambda h: self.links.replay_out.send(batch, h)
+        if self.links.forward_out is not None:
+            kind = self.plan.train_kind(t)
+            return lambda h: self.links.forward_out.send(kind, t, batch, h)
+        return None
+
+    def _straggle(self, stats, since: float) -> None:
+        """Straggler injection: sleep (factor - 1) x the step's measured compute (``pipeline.slowdown``)."""
+        if self.stage.device.type == "cuda":
+            torch.cuda.synchronize(self.stage.device)  # the compute to scale includes queued kernels
+        busy = time.perf_counter() - since
+        stats.busy_s += busy
+        if self.slowdown > 1:
+            pause = (self.slowdown - 1) * busy
+            time.sleep(pause)
+            stats.sleep_s += pause
+
+    def _memory(self, stats, step) -> None:
+        if self.stage.meter is not None:
+            stats.kept_bytes_peak = max(stats.kept_bytes_peak, self.stage.meter.live)
+        grads = self.links.grads
+        stash = grads.stash_bytes(step) if grads is not None else step.stash_bytes
+        stats.stash_bytes_peak = max(stats.stash_bytes_peak, stash)
+
+    def end_epoch(self, epoch: int, now: int, stats) -> None:
+        """Drain what the epoch left in flight, so it is complete before it is evaluated or checkpointed."""
+        if self.links.grads is not None:
+            self.links.grads.end_epoch(now, stats)
+        if self.links.replay_out is not None:
+            self.links.replay_out.end_epoch(epoch)
+        if self.links.replay_in is not None:
+            self.links.replay_in.end_epoch(stats)
+
+    def waits(self) -> tuple[float, float]:
+        return self.links.waits()
+
+    @torch.no_grad()
+    def evaluate(self, stats) -> None:
+        """Stream the test set through the pipeline; count each head's correct predictions on this stage."""
+        self.stage.set_mode(False)
+        batches = iter(self.test_loader) if self.test_loader is not None else None
+        correct = torch.zeros(len(self.stage.modules), dtype=torch.long, device=self.stage.device)
+        for j in range(len(self.plan.eval_rows)):
+            batch = next(batches) if batches is not None else self.links.forward_in.recv()[0]
+            h = self.stage.evaluate(batch.x, batch.y, correct)
+            if self.links.forward_out is not None:
+                self.links.forward_out.send(Kind.EVAL, self._eval_step + j, batch, h)
+            stats.eval_samples += len(batch)
+        self._eval_step += len(self.plan.eval_rows)
+        stats.correct = correct.tolist()
+        self.stage.set_mode(True)
+
+    def state_dict(self) -> dict:
+        return self.stage.state_dict()
+
+    def stop(self) -> None:
+        self.links.stop()
+
+
+def injected_fault(stage_index: int) -> tuple[int, str] | None:
+    """Test hook: ``PIPELOCAL_INJECT_FAULT=stage:step:raise|hang`` makes that stage fail at that step."""
+    spec = os.environ.get("PIPELOCAL_INJECT_FAULT")
+    if not spec:
+        return None
+    stage, step, kind = spec.split(":")
+    return (int(step), kind) if int(stage) == stage_index else None
+
+
+def _inject(kind: str, stage_index: int, step: int) -> None:
+    if kind == "hang":
+        time.sleep(10**6)
+    raise RuntimeError(f"injected fault on stage {stage_index} at step {step} (PIPELOCAL_INJECT_FAULT)")
