@@ -11,8 +11,10 @@ benchmarks all read these types (``RunSummary.load``), never loose dict keys. Me
 from __future__ import annotations
 
 import dataclasses
+import json
 import statistics
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -210,11 +212,32 @@ class EpochRecord:
             record.test_top1, record.module_top1 = acc["top1"], acc["module_top1"]
         return record
 
+    @classmethod
+    def from_dict(cls, values: dict) -> EpochRecord:
+        """A ``metrics.jsonl`` epoch line back as the type (fields a newer version added are ignored)."""
+        stages = [_stage_epoch(s) for s in values["stages"]]
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{**{k: v for k, v in values.items() if k in names}, "stages": stages})
+
     def to_dict(self) -> dict:
         out = {"kind": self.kind, **dataclasses.asdict(self)}
         if self.test_top1 is None:  # epochs without evaluation carry no accuracy fields
             del out["test_top1"], out["module_top1"]
         return out
+
+
+def _stage_epoch(values: dict) -> StageEpoch:
+    names = {f.name for f in dataclasses.fields(StageEpoch)}
+    values = {k: v for k, v in values.items() if k in names}
+    values["staleness"] = Distribution(**values["staleness"])
+    values["reuse"] = {int(k): v for k, v in values["reuse"].items()}  # JSON keys are strings
+    return StageEpoch(**values)
+
+
+def read_epochs(run_dir) -> list[EpochRecord]:
+    """The epoch lines of a run's ``metrics.jsonl``."""
+    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    return [EpochRecord.from_dict(r) for r in map(json.loads, lines) if r.get("kind") == "epoch"]
 
 
 def accuracies(correct: list[int], total: int) -> dict:
