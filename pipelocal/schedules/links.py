@@ -51,20 +51,18 @@ class ForwardIn:
         return self.receiver.wait_s
 
 
-class ForwardOut:
-    """The planned stream to the next stage: the activation, and the context fields later stages read."""
+class _Outbound:
+    """What the outgoing streams share: the activation and the context on the wire, STOP, the time waited."""
 
-    def __init__(self, sender: Sender, metas: dict, context: tuple[str, ...], batch_size: int, eval_batch_size: int):
-        self.sender, self.metas, self.context = sender, metas, context
-        self.rows = {Kind.DATA: batch_size, Kind.GUIDE: batch_size, Kind.EVAL: eval_batch_size}
+    def __init__(self, sender: Sender, context: tuple[str, ...]):
+        self.sender, self.context = sender, context
 
-    def send(self, kind: Kind, step: int, batch: Batch, h: torch.Tensor) -> None:
-        rows = self.rows[kind]
+    def _tensors(self, batch: Batch, h: torch.Tensor, rows: int, with_context: bool = True) -> list[torch.Tensor]:
         tensors = [pad_rows(h, rows)]
-        if kind != Kind.EVAL:
+        if with_context:
             # A copy: a relayed context tensor is a view of a receive buffer that is reused later.
             tensors += [pad_rows(getattr(batch, name), rows, copy=True) for name in self.context]
-        self.sender.send(kind, step, len(batch), tensors, batch.y, self.metas[kind])
+        return tensors
 
     def stop(self) -> None:
         self.sender.send(Kind.STOP, 0, 0, [], NO_LABELS, ())
@@ -75,28 +73,33 @@ class ForwardOut:
         return self.sender.wait_s
 
 
-class ReplayOut:
+class ForwardOut(_Outbound):
+    """The planned stream to the next stage: the activation, and the context fields later stages read."""
+
+    def __init__(self, sender: Sender, metas: dict, context: tuple[str, ...], batch_size: int, eval_batch_size: int):
+        super().__init__(sender, context)
+        self.metas = metas
+        self.rows = {Kind.DATA: batch_size, Kind.GUIDE: batch_size, Kind.EVAL: eval_batch_size}
+
+    def send(self, kind: Kind, step: int, batch: Batch, h: torch.Tensor) -> None:
+        tensors = self._tensors(batch, h, self.rows[kind], with_context=kind != Kind.EVAL)
+        self.sender.send(kind, step, len(batch), tensors, batch.y, self.metas[kind])
+
+
+class ReplayOut(_Outbound):
     """A producer's training stream on a replay link: numbered by the producer, closed by EPOCH, then STOP."""
 
     def __init__(self, sender: Sender, metas, context: tuple[str, ...], rows: int):
-        self.sender, self.metas, self.context, self.rows = sender, metas, context, rows
+        super().__init__(sender, context)
+        self.metas, self.rows = metas, rows
         self.sent = 0  # training messages sent, across epochs
 
     def send(self, batch: Batch, h: torch.Tensor) -> None:
-        tensors = [pad_rows(h, self.rows)] + [pad_rows(getattr(batch, n), self.rows, copy=True) for n in self.context]
-        self.sender.send(Kind.DATA, self.sent, len(batch), tensors, batch.y, self.metas)
+        self.sender.send(Kind.DATA, self.sent, len(batch), self._tensors(batch, h, self.rows), batch.y, self.metas)
         self.sent += 1
 
     def end_epoch(self, epoch: int) -> None:
         self.sender.send(Kind.EPOCH, epoch, 0, [], NO_LABELS, ())
-
-    def stop(self) -> None:
-        self.sender.send(Kind.STOP, 0, 0, [], NO_LABELS, ())
-        self.sender.flush()
-
-    @property
-    def wait_s(self) -> float:
-        return self.sender.wait_s
 
 
 class ReplayIn:
