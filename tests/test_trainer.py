@@ -112,3 +112,20 @@ def test_forward_first_and_interleaved_orders_agree(method):
         states.append(net.state_dict())
     assert all(torch.allclose(states[0][k], states[1][k], atol=1e-6) for k in states[0])
     assert len(sent) == 4 and torch.equal(sent[0], sent[2])  # the output is sent once per step, and identical
+
+
+@pytest.mark.parametrize("method, k", [("dgl", 3), ("mlaan", 4)])
+def test_sequential_mode_is_the_stage_loop_without_links(tmp_path, method, k):
+    """The job in sequential mode (the stage loop, one stage, no links) trains exactly as the reference
+    function does, so pipeline = sequential is a statement about the links alone."""
+    from pipelocal.checkpoint import load_merged
+    from tests.distributed.launch import TINY
+    from tests.distributed.test_pipeline import sequential_state
+
+    overrides = [f"--method.name={method}", f"--split.num_modules={k}", "--guidance.every=2"]
+    summary = train(tiny_config(*TINY, *overrides, "--mode=sequential", "--metrics.console=none", tmp_path=tmp_path))
+    assert summary["num_stages"] == 1 and len(summary["stages"]) == 1 and summary["guidance_steps"] == 2
+    state, reference = load_merged(next(tmp_path.iterdir())), sequential_state(overrides)
+    assert state.keys() == reference.keys()
+    for name, value in reference.items():
+        assert torch.equal(state[name], value), name
