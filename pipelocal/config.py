@@ -2,6 +2,7 @@
 
 Precedence is CLI > YAML > defaults. Unknown keys and bad values raise :class:`ConfigError` naming the
 key and what is allowed. Every field carries its help text, so ``--help`` and the README stay honest.
+The ``method`` section is assembled from the methods' own ``Config`` classes (see options.py).
 """
 
 from __future__ import annotations
@@ -16,17 +17,18 @@ from typing import Any
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A configuration that cannot run; the message names the key and the fix."""
-
-
-def option(default: Any, help: str, choices: tuple | None = None):
-    """A config field with its help text and (optionally) the values it accepts."""
-    meta = {"help": help, "choices": choices}
-    if isinstance(default, list | dict):
-        return field(default_factory=lambda: type(default)(default), metadata=meta)
-    return field(default=default, metadata=meta)
+# ConfigError, option and MethodConfig are defined in options.py, the leaf the methods' own Configs import;
+# importing them from here keeps working. The method section comes from options.py's table, filled as the
+# methods register: this module never imports the methods.
+from pipelocal.options import (
+    METHOD_OPTIONS,
+    ConfigError,
+    MethodConfig,
+    check_choices,
+    method_config,
+    method_options,
+    option,
+)
 
 
 @dataclass
@@ -77,33 +79,6 @@ class SplitConfig:
     table: str = option("infopro", "balance=table: InfoPro's split tables (METHODS §2)", ("infopro", "infopro_star"))
     boundaries: list[int] | None = option(
         None, "explicit unit indices after which a module ends (K-1 of them); overrides balance"
-    )
-
-
-@dataclass
-class MethodConfig:
-    name: str = option("infopro", "local learning method (see `pipelocal.methods`)")
-    loss: str = option("softmax", "infopro: task loss of the aux head", ("softmax", "contrast"))
-    lambdas: list[float] = option(
-        [1.0, 1.0, 0.0, 1.0],
-        "infopro: (λ1 first, λ2 first, λ1 last, λ2 last); module i interpolates with ratio i/(K-2)",
-    )
-    temperature: float = option(0.07, "infopro contrast: temperature")
-    aux_depth: int = option(2, "auglocal: d, the depth (blocks) of the first aux net")
-    depth_decay: float = option(0.5, "auglocal: c, aux i has depth max(1, round(d(1 - ic/(K-2)) + ic/(K-2)))")
-    wx: float = option(0.001, "mlaan: weight of the independent probe (avg pool -> linear) on each module")
-    wy: float = option(0.999, "mlaan: weight of the cascade loss through the leap augmented module")
-    cascade_span: int = option(
-        2, "mlaan: modules a cascade loss trains, ending at its own (2, or 3 as in DGL/InfoPro+)"
-    )
-    ema_momentum: float = option(0.995, "mlaan: m in ema <- m*ema + (1-m)*live for the LAM's frozen copy")
-    ema_sync_every: int = option(
-        1, "mlaan in a pipeline: stages that own the blocks the EMA copies follow send their weights every N steps"
-    )
-    ema_update: str = option(
-        "all",
-        "mlaan: refresh every aux net's EMA copy, or only the last one (the released code's quirk)",
-        ("all", "last"),
     )
 
 
@@ -202,7 +177,7 @@ class JobConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
-    method: MethodConfig = field(default_factory=MethodConfig)
+    method: MethodConfig = field(default_factory=method_config)  # name + every method's knobs (options.py)
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -211,12 +186,10 @@ class JobConfig:
 
     def validate(self) -> JobConfig:
         """Check every choice and the cross-field rules; return self."""
-        _check_choices(self, "")
+        check_choices(self, "")
         _positive(self, ["data.batch_size", "data.eval_batch_size", "split.num_modules", "train.epochs"])
         if self.model.name == "cifar_resnet" and (self.model.depth - 2) % 6:
             raise ConfigError(f"model.depth={self.model.depth}: cifar_resnet depth must be 6n+2 (20, 32, 56, 110)")
-        if len(self.method.lambdas) != 4:
-            raise ConfigError("method.lambdas needs 4 numbers: λ1 first, λ2 first, λ1 last, λ2 last")
         if len(self.data.synthetic_shape) != 3:
             raise ConfigError("data.synthetic_shape needs 3 numbers: C, H, W")
         if self.split.boundaries is not None and len(self.split.boundaries) != self.split.num_modules - 1:
@@ -224,10 +197,7 @@ class JobConfig:
                 f"split.boundaries has {len(self.split.boundaries)} entries but split.num_modules="
                 f"{self.split.num_modules} needs {self.split.num_modules - 1}"
             )
-        from pipelocal.methods import METHODS  # late import: the schema must not depend on the methods
-
-        if self.method.name not in METHODS:
-            raise ConfigError(f"method.name='{self.method.name}' is unknown; registered: {', '.join(METHODS.names())}")
+        _check_method(self)
         if (self.guidance.every or self.guidance.warmup_epochs) and self.mode in ("e2e", "ddp", "gpipe", "1f1b"):
             raise ConfigError(
                 f"guidance adds end-to-end steps to local learning; mode={self.mode} is end-to-end already. "
@@ -235,20 +205,6 @@ class JobConfig:
             )
         if self.guidance.every < 0 or self.guidance.warmup_epochs < 0:
             raise ConfigError("guidance.every and guidance.warmup_epochs must be 0 (off) or positive")
-        if self.method.cascade_span not in (2, 3):
-            raise ConfigError(f"method.cascade_span={self.method.cascade_span}: MLAAN cascades span 2 or 3 modules")
-        if self.method.aux_depth < 1:
-            raise ConfigError(f"method.aux_depth={self.method.aux_depth} must be at least 1")
-        if self.pipeline.buffer == "replay" and (
-            self.guidance.every
-            or self.guidance.warmup_epochs
-            or METHODS.get(self.method.name).cross_module
-            or METHODS.get(self.method.name).span_all
-        ):
-            raise ConfigError(
-                "pipeline.buffer=replay trains stages on reused batches, which no gradient from a later stage can "
-                "follow; use it with a local method (greedy, dgl, infopro, auglocal) and guidance.every=0"
-            )
         if self.pipeline.buffer_size < 1 or (self.pipeline.max_reuse is not None and self.pipeline.max_reuse < 1):
             raise ConfigError("pipeline.buffer_size and pipeline.max_reuse must be at least 1")
         if self.pipeline.slowdown.factor < 1:
@@ -270,6 +226,18 @@ class JobConfig:
                 "set method.name=e2e, or mode=sequential for local learning"
             )
         return self
+
+
+def _check_method(cfg: JobConfig) -> None:
+    """The method's name and knobs (its own ``Config.validate``), and whether replay can serve it."""
+    method = method_options(cfg.method.name)
+    method.check(cfg.method)
+    if cfg.pipeline.buffer == "replay" and (cfg.guidance.every or cfg.guidance.warmup_epochs or method.cross_module):
+        local = ", ".join(name for name, m in sorted(METHOD_OPTIONS.items()) if not m.cross_module)
+        raise ConfigError(
+            "pipeline.buffer=replay trains stages on reused batches, which no gradient from a later stage can "
+            f"follow; use it with a local method ({local}) and guidance.every=0"
+        )
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -394,17 +362,6 @@ def _cast(value: Any, hint: Any, key: str) -> Any:
             return value
         raise ConfigError(f"'{key}' needs a string, got {value!r}")
     return value
-
-
-def _check_choices(node: Any, prefix: str) -> None:
-    for f in dataclasses.fields(node):
-        value = getattr(node, f.name)
-        if dataclasses.is_dataclass(value):
-            _check_choices(value, f"{prefix}{f.name}.")
-        elif f.metadata.get("choices") and value not in f.metadata["choices"]:
-            raise ConfigError(
-                f"{prefix}{f.name}={value!r} is not allowed; choose one of {', '.join(f.metadata['choices'])}"
-            )
 
 
 def _positive(cfg: JobConfig, keys: list[str]) -> None:

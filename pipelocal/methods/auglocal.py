@@ -11,11 +11,26 @@ K modules. To reproduce their setting give the boundaries explicitly (README, Me
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch.nn.functional as F
 from torch import nn
 
 from pipelocal.methods.base import METHODS, Head, LocalMethod, unit_shapes
 from pipelocal.models import init_weights
+from pipelocal.options import ConfigError, option
+
+
+@dataclass
+class AugLocalConfig:
+    """AugLocal's knobs, set as ``method.<key>``."""
+
+    aux_depth: int = option(2, "d, the depth (blocks) of the first aux net")
+    depth_decay: float = option(0.5, "c, aux i has depth max(1, round(d(1 - ic/(K-2)) + ic/(K-2)))")
+
+    def validate(self) -> None:
+        if self.aux_depth < 1:
+            raise ConfigError(f"method.aux_depth={self.aux_depth} must be at least 1 (the paper uses 2 or 3)")
 
 
 def aux_depths(num_modules: int, depth: int, decay: float) -> list[int]:
@@ -51,6 +66,7 @@ class AugLocalHead(Head):
 @METHODS.register("auglocal")
 class AugLocal(LocalMethod):
     name = "auglocal"
+    Config = AugLocalConfig
 
     def plan(self, index: int) -> list[tuple[int, int, int]]:
         """(unit mimicked, width, stride) of each block of aux ``index``: stride 2 where the mimicked unit's

@@ -16,10 +16,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipelocal.config import MethodConfig
+from pipelocal.options import MethodConfig, add_method_options, pick_knobs
 from pipelocal.registry import Registry
 
-METHODS: Registry = Registry("method")
+
+class MethodRegistry(Registry):
+    """Method name -> class. Registering a method also adds its ``Config`` knobs to the job's ``method`` section
+    (options.py), so a new method brings its keys, help and checks with it."""
+
+    def register(self, name: str):
+        add = super().register(name)
+
+        def add_method(cls):
+            add(cls)
+            add_method_options(name, cls.Config, cross_module=cls.cross_module or cls.span_all)
+            return cls
+
+        return add_method
+
+
+METHODS: MethodRegistry = MethodRegistry("method")
 
 
 @dataclass(frozen=True)
@@ -73,9 +89,11 @@ class LocalMethod:
     span_all = False  # True: one loss spans every module (e2e); False: span 1, outputs detached
     cross_module = False  # True: some loss trains more than its own module (MLAAN's cascade)
     needs: tuple[str, ...] = ()  # extra batch fields the heads read (e.g. "raw"); travel with the batch
+    Config: type | None = None  # the method's knobs: a dataclass with validate(), set as method.<knob>
 
     def __init__(self, cfg: MethodConfig, info: NetInfo):
-        self.cfg = cfg
+        """``cfg`` is the job's ``method`` section; the method keeps its own ``Config`` from it, checked here."""
+        self.cfg = pick_knobs(self.Config, cfg)
         self.info = info
 
     def build_head(self, index: int) -> Head | None:

@@ -6,13 +6,35 @@ in the pipeline it travels with the activations.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipelocal.config import ConfigError
 from pipelocal.methods.base import METHODS, Head, LocalMethod
 from pipelocal.models import init_weights
+from pipelocal.options import ConfigError, option
+
+
+@dataclass
+class InfoProConfig:
+    """InfoPro's knobs, set as ``method.<key>``."""
+
+    loss: str = option("softmax", "task loss of the aux head", ("softmax", "contrast"))
+    lambdas: list[float] = option(
+        [1.0, 1.0, 0.0, 1.0], "(λ1 first, λ2 first, λ1 last, λ2 last); module i interpolates with ratio i/(K-2)"
+    )
+    temperature: float = option(0.07, "temperature of the contrastive task loss (loss: contrast)")
+
+    def validate(self) -> None:
+        if len(self.lambdas) != 4:
+            raise ConfigError(
+                f"method.lambdas={self.lambdas} needs 4 numbers: λ1 first, λ2 first, λ1 last, λ2 last "
+                "(e.g. --method.lambdas=[1,1,0,1])"
+            )
+        if self.temperature <= 0:  # it divides the similarities
+            raise ConfigError(f"method.temperature={self.temperature} must be positive (the papers use 0.07)")
 
 
 def supervised_contrastive(z: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -32,7 +54,7 @@ def supervised_contrastive(z: torch.Tensor, labels: torch.Tensor, temperature: f
 class InfoProHead(Head):
     """Decoder (bilinear up -> conv3x3-BN-ReLU -> conv3x3 -> sigmoid) and the "1c2f" task head."""
 
-    def __init__(self, channels: int, final_width: int, input_shape, num_classes: int, cfg, lambdas):
+    def __init__(self, channels: int, final_width: int, input_shape, num_classes: int, cfg: InfoProConfig, lambdas):
         super().__init__()
         self.lambda_rec, self.lambda_task = lambdas
         self.contrast = cfg.loss == "contrast"
@@ -92,6 +114,7 @@ def interpolate_lambdas(lambdas: list[float], index: int, num_modules: int) -> t
 class InfoPro(LocalMethod):
     name = "infopro"
     needs = ("raw",)
+    Config = InfoProConfig
 
     def build_head(self, index):
         lambdas = interpolate_lambdas(self.cfg.lambdas, index, self.info.num_modules)

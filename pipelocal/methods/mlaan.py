@@ -18,6 +18,7 @@ which is the same gradient as the paper's recomputation and the mechanism a pipe
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -25,9 +26,32 @@ from torch import nn
 
 from pipelocal.methods.base import METHODS, Head, LocalMethod, unit_shapes
 from pipelocal.models import init_weights
+from pipelocal.options import ConfigError, option
 
 # Where the authors' R-32 table (5 blocks per stage) departs from the rule: position -> copied positions.
 PUBLISHED_LAM = {5: {(3, 0): [(3, 1), (3, 2), (3, 4)]}}
+
+
+@dataclass
+class MLAANConfig:
+    """MLAAN's knobs, set as ``method.<key>``."""
+
+    wx: float = option(0.001, "weight of the independent probe (avg pool -> linear) on each module")
+    wy: float = option(0.999, "weight of the cascade loss through the leap augmented module")
+    cascade_span: int = option(2, "modules a cascade loss trains, ending at its own (2, or 3 as in DGL/InfoPro+)")
+    ema_momentum: float = option(0.995, "m in ema <- m*ema + (1-m)*live for the LAM's frozen copy")
+    ema_sync_every: int = option(
+        1, "in a pipeline, stages that own the blocks the EMA copies follow send their weights every N steps"
+    )
+    ema_update: str = option(
+        "all", "refresh every aux net's EMA copy, or only the last one (the released code's quirk)", ("all", "last")
+    )
+
+    def validate(self) -> None:
+        if self.cascade_span not in (2, 3):
+            raise ConfigError(f"method.cascade_span={self.cascade_span}: MLAAN cascades span 2 or 3 modules")
+        if self.ema_sync_every < 1:  # the pipeline sends the EMA's weights when step % ema_sync_every == 0
+            raise ConfigError(f"method.ema_sync_every={self.ema_sync_every} must be at least 1 (1: every step)")
 
 
 def lam_units(after: int, positions: list[tuple[int, int]]) -> list[int]:
@@ -114,6 +138,7 @@ def ema_update(ema: nn.Module, live: nn.Module, momentum: float) -> None:
 class MLAAN(LocalMethod):
     name = "mlaan"
     cross_module = True
+    Config = MLAANConfig
 
     def loss_spans(self, index):
         if index == 0:
