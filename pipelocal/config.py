@@ -2,7 +2,8 @@
 
 Precedence is CLI > YAML > defaults. Unknown keys and bad values raise :class:`ConfigError` naming the
 key and what is allowed. Every field carries its help text, so ``--help`` and the README stay honest.
-The ``method`` section is assembled from the methods' own ``Config`` classes (see options.py).
+The ``method`` section is assembled from the methods' own ``Config`` classes, and mode names and rules come
+from the registered modes (both tables in options.py, filled when pipelocal imports methods/ and schedules/).
 """
 
 from __future__ import annotations
@@ -19,14 +20,16 @@ import yaml
 
 # ConfigError, option and MethodConfig are defined in options.py, the leaf the methods' own Configs import;
 # importing them from here keeps working. The method section comes from options.py's table, filled as the
-# methods register: this module never imports the methods.
+# methods register: this module never imports the methods (nor the schedules, for the modes).
 from pipelocal.options import (
     METHOD_OPTIONS,
+    MODE_TRAITS,
     ConfigError,
     MethodConfig,
     check_choices,
     method_config,
     method_options,
+    mode_traits,
     option,
 )
 
@@ -171,9 +174,8 @@ class MetricsConfig:
 
 @dataclass
 class JobConfig:
-    mode: str = option(
-        "sequential", "execution mode (DESIGN §2)", ("sequential", "e2e", "pipeline", "ddp", "gpipe", "1f1b")
-    )
+    # The allowed values are the registry itself (a live view: a mode registered later is allowed too).
+    mode: str = option("sequential", "execution mode (DESIGN §2)", MODE_TRAITS)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
@@ -198,7 +200,8 @@ class JobConfig:
                 f"{self.split.num_modules} needs {self.split.num_modules - 1}"
             )
         _check_method(self)
-        if (self.guidance.every or self.guidance.warmup_epochs) and self.mode in ("e2e", "ddp", "gpipe", "1f1b"):
+        mode = mode_traits(self.mode)
+        if (self.guidance.every or self.guidance.warmup_epochs) and mode.end_to_end:
             raise ConfigError(
                 f"guidance adds end-to-end steps to local learning; mode={self.mode} is end-to-end already. "
                 "Set guidance.every=0 and guidance.warmup_epochs=0, or use mode=sequential with a local method"
@@ -211,20 +214,13 @@ class JobConfig:
             raise ConfigError(f"pipeline.slowdown.factor={self.pipeline.slowdown.factor} must be >= 1 (1: off)")
         if self.pipeline.queue_depth < 1:
             raise ConfigError(f"pipeline.queue_depth={self.pipeline.queue_depth} must be at least 1")
-        if self.mode in ("ddp", "gpipe", "1f1b") and self.method.name != "e2e":
+        if mode.end_to_end and self.method.name != "e2e":
             raise ConfigError(
-                f"mode={self.mode} is an end-to-end baseline but method.name='{self.method.name}'; set method.name=e2e"
+                f"mode={self.mode} trains end to end (plain backprop) but method.name='{self.method.name}'; "
+                "set method.name=e2e, or mode=sequential (pipeline) for local learning"
             )
-        if self.mode in ("gpipe", "1f1b") and self.data.batch_size % self.pipeline.microbatches:
-            raise ConfigError(
-                f"data.batch_size={self.data.batch_size} does not divide into pipeline.microbatches="
-                f"{self.pipeline.microbatches}; pick sizes that divide"
-            )
-        if self.mode == "e2e" and self.method.name != "e2e":
-            raise ConfigError(
-                f"mode=e2e trains with plain backprop but method.name='{self.method.name}'; "
-                "set method.name=e2e, or mode=sequential for local learning"
-            )
+        if mode.check is not None:
+            mode.check(self)
         return self
 
 

@@ -3,7 +3,7 @@
 Start-up: a multi-process mode joins the job torchrun started (distributed/setup.py), a one-process mode
 gets a one-stage topology. Set-up (collectives, before any data moves): rank 0 reads the dataset, names
 the run directory and chooses the split (profiling, when asked), and every rank learns the numbers it
-needs. Then the mode's registered builder (``schedules.LOOPS``) builds this rank's step strategy, every
+needs. Then the mode's registered builder (``schedules.MODES``) builds this rank's step strategy, every
 rank from the same seed, and the one trainer (trainer.py) runs it.
 """
 
@@ -25,13 +25,13 @@ from pipelocal.metrics.console import Console
 from pipelocal.metrics.run_log import RunLog
 from pipelocal.metrics.summary import RunSummary
 from pipelocal.runtime.profile import split_for
-from pipelocal.schedules import LOOPS, Mode, build, e2e_parallel  # noqa: F401  (the modules register their modes)
+from pipelocal.schedules import MODES, Mode
 from pipelocal.trainer import Trainer
 
 
 def run_job(cfg: JobConfig) -> RunSummary | None:
     """Run this rank's part to the end; rank 0 returns the summary, the others None."""
-    mode: Mode = LOOPS.get(cfg.mode)
+    mode: Mode = MODES.get(cfg.mode)
     topo, groups = start(cfg, mode)
     console = Console(cfg.metrics.console if topo.is_coordinator else "none")
     setup, loaders = prepare(cfg, topo, groups, console)
@@ -51,8 +51,8 @@ def run_job(cfg: JobConfig) -> RunSummary | None:
 
 def start(cfg: JobConfig, mode: Mode):
     """The topology (and process groups) of this process; threads and determinism as configured."""
-    if mode.multi_process:
-        topo, groups = init_distributed(cfg.pipeline.timeout_s, data_parallel=mode.data_parallel)
+    if mode.traits.multi_process:
+        topo, groups = init_distributed(cfg.pipeline.timeout_s, data_parallel=mode.traits.data_parallel)
         threads = cfg.pipeline.threads if topo.device.type == "cpu" else 0
     else:
         check_single_process(cfg.mode)

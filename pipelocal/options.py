@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import typing
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +23,7 @@ class ConfigError(ValueError):
     """A configuration that cannot run; the message names the key and the fix."""
 
 
-def option(default: Any, help: str, choices: tuple | None = None):
+def option(default: Any, help: str, choices: Collection[str] | None = None):
     """A config field with its help text and (optionally) the values it accepts."""
     meta = {"help": help, "choices": choices}
     if isinstance(default, list | dict):
@@ -123,3 +124,24 @@ def _with_owner(f: dataclasses.Field, owner: str) -> dataclasses.Field:
 
 def _knob_names(knobs: type | None) -> list[str]:
     return [f.name for f in dataclasses.fields(knobs)] if knobs is not None else []
+
+
+@dataclass(frozen=True)
+class ModeTraits:
+    """What the job config and the net builder know of an execution mode (schedules/ registers each one)."""
+
+    multi_process: bool  # started by torchrun, one process per stage (or replica)
+    end_to_end: bool  # plain backprop: method e2e, no guidance
+    one_module: bool = False  # the whole net is one module in every process (e2e, ddp)
+    data_parallel: bool = False  # every process a replica of the whole net (the topology's dp = world size)
+    check: Callable[[Any], None] | None = None  # the mode's own rules on the job config (raises ConfigError)
+
+
+MODE_TRAITS: dict[str, ModeTraits] = {}  # mode name -> traits; filled by schedules' MODES registry
+
+
+def mode_traits(name: str) -> ModeTraits:
+    """The registered mode ``name``, or a ConfigError listing the registered ones."""
+    if name not in MODE_TRAITS:
+        raise ConfigError(f"mode='{name}' is unknown; registered: {', '.join(sorted(MODE_TRAITS))}")
+    return MODE_TRAITS[name]

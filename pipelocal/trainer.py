@@ -1,6 +1,6 @@
 """The one training loop of every mode: epochs, learning rate, evaluation cadence, metrics, end of run.
 
-Per rank it drives a *step strategy* (the mode's, from ``schedules.LOOPS``): a local stage loop
+Per rank it drives a *step strategy* (the mode's, from ``schedules.MODES``): a local stage loop
 (sequential, e2e, pipeline: schedules/stage_loop.py) or an E2E baseline (ddp, gpipe, 1f1b:
 schedules/e2e_parallel.py). A strategy has ``stage`` (modules, optimizers, device), ``plan``,
 ``stage_index``, ``steps_per_epoch`` (None: until it says the epoch is over), ``start_epoch``,

@@ -9,6 +9,7 @@ from pipelocal.config import JobConfig
 from pipelocal.data import DataInfo
 from pipelocal.methods import METHODS, CrossEntropyHead, Head, LocalMethod, NetInfo
 from pipelocal.models import Backbone, build_backbone
+from pipelocal.options import mode_traits
 from pipelocal.split import module_ranges
 
 
@@ -73,7 +74,7 @@ def build_local_net(cfg: JobConfig, data: DataInfo, ranges: list[tuple[int, int]
     """Build the backbone from ``train.seed``, cut it into ``ranges`` (default: per ``split``; profiled
     balancing is decided by the caller, see runtime/profile.py), attach the method's heads."""
     backbone = backbone_for(cfg, data)
-    if cfg.mode in ("e2e", "ddp"):  # one process holds the whole net: one module
+    if mode_traits(cfg.mode).one_module:  # e2e, ddp: one process holds the whole net as one module
         ranges = [(0, backbone.num_units)]
     elif ranges is None:
         if cfg.split.balance in ("time", "memory") and cfg.split.boundaries is None:

@@ -17,6 +17,7 @@ from pipelocal.config import JobConfig
 from pipelocal.data import Batch, DataInfo
 from pipelocal.methods import METHODS, CrossEntropyHead, NetInfo
 from pipelocal.metrics.memory import SavedTensorMeter
+from pipelocal.options import mode_traits
 from pipelocal.runtime.local_net import backbone_for
 from pipelocal.split import balanced_ranges, module_costs, module_ranges
 
@@ -126,7 +127,7 @@ def plan_split(cfg: JobConfig, data: DataInfo, device: torch.device, num_units: 
 
 def split_for(cfg: JobConfig, data: DataInfo, device: torch.device) -> tuple[list | None, str]:
     """``plan_split`` for the configured backbone (None: e2e, one module)."""
-    if cfg.mode in ("e2e", "ddp"):
+    if mode_traits(cfg.mode).one_module:
         return None, f"split: one module ({cfg.mode}: the whole net in every process)"
     backbone = backbone_for(cfg, data)
     return plan_split(cfg, data, device, backbone.num_units, backbone.positions)

@@ -1,13 +1,15 @@
-"""What happens when: the execution modes. Each registers a :class:`Mode` in ``LOOPS`` whose ``build(cfg, topo,
-groups, setup, loaders)`` returns this rank's step strategy, which the one trainer (trainer.py) drives:
-``schedules/build.py`` (sequential, e2e, pipeline: a stage loop over links) and ``schedules/e2e_parallel.py``
-(ddp, gpipe, 1f1b)."""
+"""What happens when: the execution modes. Each registers a :class:`Mode` in ``MODES``: ``build(cfg, topo, groups,
+setup, loaders)`` returns this rank's step strategy, which the one trainer (trainer.py) drives, and its traits
+tell the config and the job what the mode is. schedules/build.py registers sequential, e2e and pipeline (a stage
+loop over links); schedules/e2e_parallel.py ddp, gpipe and 1f1b. Mode names come from here and nowhere else.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from pipelocal.options import MODE_TRAITS, ModeTraits
 from pipelocal.registry import Registry
 
 
@@ -16,9 +18,21 @@ class Mode:
     """An execution mode (DESIGN §2): how to build a rank's strategy, and what the mode is."""
 
     build: Callable
-    multi_process: bool  # started by torchrun, one process per stage (or replica)
-    end_to_end: bool  # plain backprop: method e2e, no guidance
-    data_parallel: bool = False  # every process a replica of the whole net (the topology's dp = world size)
+    traits: ModeTraits
 
 
-LOOPS: Registry[Mode] = Registry("mode")
+class ModeRegistry(Registry):
+    """Mode name -> :class:`Mode`; registering also tells the config (options.py) the mode's name and traits."""
+
+    def register(self, name: str):
+        add = super().register(name)
+
+        def add_mode(mode: Mode) -> Mode:
+            add(mode)
+            MODE_TRAITS[name] = mode.traits
+            return mode
+
+        return add_mode
+
+
+MODES: ModeRegistry = ModeRegistry("mode")

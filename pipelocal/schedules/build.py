@@ -25,9 +25,10 @@ from pipelocal.distributed.transport import (
     decode_header,
     encode_header,
 )
+from pipelocal.options import ModeTraits
 from pipelocal.runtime import build_local_net
 from pipelocal.runtime.stage import Stage
-from pipelocal.schedules import LOOPS, Mode
+from pipelocal.schedules import MODES, Mode
 from pipelocal.schedules.ema_links import EmaLinks
 from pipelocal.schedules.grad_links import GradLinks
 from pipelocal.schedules.links import ForwardIn, ForwardOut, Links, ReplayIn, ReplayOut
@@ -51,9 +52,9 @@ def build_stage_loop(cfg, topo: Topology, groups: Groups | None, setup: dict, lo
     return StageLoop(cfg, stage, plan, topo.stage_index, links, loaders)
 
 
-LOOPS.register("sequential")(Mode(build_stage_loop, multi_process=False, end_to_end=False))
-LOOPS.register("e2e")(Mode(build_stage_loop, multi_process=False, end_to_end=True))
-LOOPS.register("pipeline")(Mode(build_stage_loop, multi_process=True, end_to_end=False))
+MODES.register("sequential")(Mode(build_stage_loop, ModeTraits(multi_process=False, end_to_end=False)))
+MODES.register("e2e")(Mode(build_stage_loop, ModeTraits(multi_process=False, end_to_end=True, one_module=True)))
+MODES.register("pipeline")(Mode(build_stage_loop, ModeTraits(multi_process=True, end_to_end=False)))
 
 
 def build_links(cfg, topo: Topology, groups: Groups, plan: Plan, stage: Stage, ranges, info) -> Links:

@@ -27,11 +27,13 @@ from torch import nn
 from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 from torch.nn.parallel import DistributedDataParallel
 
+from pipelocal.config import ConfigError
 from pipelocal.data import build_loaders
+from pipelocal.options import ModeTraits
 from pipelocal.runtime import build_local_net
 from pipelocal.runtime.stage import Stage
 from pipelocal.runtime.step import StepResult
-from pipelocal.schedules import LOOPS, Mode
+from pipelocal.schedules import MODES, Mode
 from pipelocal.schedules.plan import Plan
 from pipelocal.split import stage_ranges
 
@@ -230,9 +232,19 @@ def _pipelining_builder(schedule_cls):
     return build
 
 
-LOOPS.register("ddp")(Mode(build_ddp_loop, multi_process=True, end_to_end=True, data_parallel=True))
-LOOPS.register("gpipe")(Mode(_pipelining_builder(ScheduleGPipe), multi_process=True, end_to_end=True))
-LOOPS.register("1f1b")(Mode(_pipelining_builder(Schedule1F1B), multi_process=True, end_to_end=True))
+def _microbatches_divide(cfg) -> None:
+    if cfg.data.batch_size % cfg.pipeline.microbatches:
+        raise ConfigError(
+            f"data.batch_size={cfg.data.batch_size} does not divide into pipeline.microbatches="
+            f"{cfg.pipeline.microbatches}; pick sizes that divide"
+        )
+
+
+DDP = ModeTraits(multi_process=True, end_to_end=True, one_module=True, data_parallel=True)
+PIPELINING = ModeTraits(multi_process=True, end_to_end=True, check=_microbatches_divide)
+MODES.register("ddp")(Mode(build_ddp_loop, DDP))
+MODES.register("gpipe")(Mode(_pipelining_builder(ScheduleGPipe), PIPELINING))
+MODES.register("1f1b")(Mode(_pipelining_builder(Schedule1F1B), PIPELINING))
 
 
 def _whole_stage(cfg, setup, topo, module_range):
