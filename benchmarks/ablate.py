@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import shlex
 import subprocess
 import sys
@@ -35,6 +34,7 @@ import yaml
 from common import hardware, pipelocal_command, results_dir, write_outputs
 
 from pipelocal.metrics.console import Console
+from pipelocal.metrics.summary import RunSummary
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -81,22 +81,18 @@ def point_keys(todo: list[dict]) -> list[str]:
     return list(dict.fromkeys(k for point in todo for k in point))
 
 
-def row(point: dict, summary: dict, keys: list[str]) -> list:
-    if "stages" in summary:
-        saved = max(max(s["saved_bytes_peak"] or [0]) for s in summary["stages"])
-    else:
-        saved = summary["saved_bytes_peak_max"]
-    best = summary["best_top1"]
+def row(point: dict, summary: RunSummary, keys: list[str]) -> list:
+    best = summary.best_top1
     return [
         *(point.get(k) for k in keys),
-        round(summary["samples_per_s_median"], 1),
-        summary["final_top1"],
+        round(summary.samples_per_s_median, 1),
+        summary.final_top1,
         None if best is None else round(best, 4),
-        round(saved / 2**20, 1),
+        round(summary.saved_bytes_peak_max / 2**20, 1),
     ]
 
 
-def sweep(spec: dict, run_root: Path, title: str) -> tuple[list[dict], list[dict]]:
+def sweep(spec: dict, run_root: Path, title: str) -> tuple[list[dict], list[RunSummary]]:
     """Run every point of the grid that has no summary yet; return the points and their summaries."""
     todo = points(spec)
     console = Console("auto")
@@ -110,7 +106,7 @@ def sweep(spec: dict, run_root: Path, title: str) -> tuple[list[dict], list[dict
                 console.print("$ " + shlex.join(cmd))
                 subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
                 ran += 1
-            summaries.append(json.loads(done.read_text()))
+            summaries.append(RunSummary.load(done))
             update(i + 1, {"point": name, "ran": ran, "elapsed_s": round(time.perf_counter() - start)})
     return todo, summaries
 

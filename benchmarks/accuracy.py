@@ -18,6 +18,8 @@ from pathlib import Path
 
 from common import hardware, pipelocal_command, results_dir, run_job, write_outputs
 
+from pipelocal.metrics.summary import RunSummary
+
 COLUMNS = [
     "config",
     "method",
@@ -41,14 +43,15 @@ def parse_spec(spec: str) -> tuple[str, str, list[str]]:
     return config, name, [f"--{kv}" for kv in pairs]
 
 
-def run_one(spec: str, overrides: list[str], run_root: Path, nproc: int, resume: bool) -> dict:
+def run_one(spec: str, overrides: list[str], run_root: Path, nproc: int, resume: bool) -> tuple[RunSummary, dict]:
+    """The run's summary, and this script's record of it (wall minutes and command)."""
     config, name, own = parse_spec(spec)
     summary_path = run_root / name / "summary.json"
     wall_path = run_root / name / "benchmark.json"  # this script's own record: wall minutes and command
     if resume and summary_path.exists():
         print(f"# {name}: finished before, kept ({summary_path})", flush=True)
         wall = json.loads(wall_path.read_text()) if wall_path.exists() else {}
-        return json.loads(summary_path.read_text()) | wall
+        return RunSummary.load(summary_path), wall
     args = [
         "--config",
         config,
@@ -63,26 +66,23 @@ def run_one(spec: str, overrides: list[str], run_root: Path, nproc: int, resume:
     summary = run_job(cmd, run_root / name, Path.cwd(), quiet=False)
     wall = {"minutes": (time.perf_counter() - start) / 60, "command": shlex.join(cmd)}
     wall_path.write_text(json.dumps(wall))
-    return summary | wall
+    return summary, wall
 
 
-def row(spec: str, s: dict) -> list:
-    mib = [round(b / 2**20, 1) for b in s["saved_bytes_peak"]]
-    best = f"{s['best_top1']:.4f} ({s['best_epoch'] + 1})"
-    guided = f"{s['guidance_steps']} / {s['steps']}" if "steps" in s else "-"
-    minutes = round(s["train_seconds"] / 60, 1) if "train_seconds" in s else None
+def row(spec: str, s: RunSummary, wall: dict) -> list:
+    mib = [round(b / 2**20, 1) for b in s.saved_bytes_peak]
     return [
         parse_spec(spec)[1],
-        s["method"],
-        s["num_modules"],
-        s["final_top1"],
-        best,
-        round(s["samples_per_s_median"], 1),
-        guided,
-        minutes,
+        s.method,
+        s.num_modules,
+        s.final_top1,
+        f"{s.best_top1:.4f} ({s.best_epoch + 1})",
+        round(s.samples_per_s_median, 1),
+        f"{s.guidance_steps} / {s.steps}",
+        round(s.train_seconds / 60, 1),
         max(mib),
         " / ".join(map(str, mib)),
-        round(s["minutes"], 1) if "minutes" in s else None,  # runs kept from before this record existed
+        round(wall["minutes"], 1) if "minutes" in wall else None,  # runs kept from before this record existed
     ]
 
 
@@ -118,11 +118,12 @@ def main() -> None:
     args = parser.parse_args()
     folder = results_dir("accuracy", args.out)
     overrides = [f"--{kv}" for kv in args.set]
-    summaries = [run_one(c, overrides, folder / "runs", args.nproc, args.resume) for c in args.configs]
-    rows = [row(c, s) for c, s in zip(args.configs, summaries)]
+    runs = [run_one(c, overrides, folder / "runs", args.nproc, args.resume) for c in args.configs]
+    rows = [row(c, s, wall) for c, (s, wall) in zip(args.configs, runs)]
+    first, _ = runs[0]
     header = (
         f"# Accuracy, throughput and memory per method\n\nhardware: {hardware()}, torch threads: "
-        f"{summaries[0]['torch_threads']}, device: {summaries[0]['device']}"
+        f"{first.torch_threads}, device: {first.device}"
         f"\n\noverrides: {' '.join(args.set) or 'none'}"
         "\n\ncommand:\n\n    python benchmarks/accuracy.py "
         + " ".join(args.configs)
@@ -131,7 +132,7 @@ def main() -> None:
         " samples/s is the median over epochs of training samples per second (evaluation excluded); train minutes"
         " sums the epochs' training time. guided steps: end-to-end guidance steps / all steps."
     )
-    meta = {"hardware": hardware(), "summaries": summaries}
+    meta = {"hardware": hardware(), "summaries": [s.to_dict() | wall for s, wall in runs]}
     print(write_outputs(folder, "accuracy", COLUMNS, rows, meta, header))
     plot(folder, rows)
 

@@ -16,12 +16,14 @@ at a fixed wall-clock budget, the training time the fifo point without slowdown 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import yaml
 from ablate import point_name, sweep
 from common import hardware, results_dir, write_outputs
+
+from pipelocal.metrics.stats import Distribution, EpochRecord, read_epochs
+from pipelocal.metrics.summary import RunSummary
 
 COLUMNS = [
     "method",
@@ -45,52 +47,43 @@ def buffer_label(point: dict) -> str:
     return f"replay M={point.get('pipeline.buffer_size', 4)}"
 
 
-def epochs(run_dir: Path) -> list[dict]:
-    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [r for r in lines if r.get("kind") == "epoch"]
-
-
-def at_budget(records: list[dict], budget: float) -> tuple[float | None, int]:
+def at_budget(records: list[EpochRecord], budget: float) -> tuple[float | None, int]:
     """Test top-1 of the last evaluated epoch that finished within ``budget`` seconds of training."""
     elapsed, top1, done = 0.0, None, 0
     for r in records:
-        elapsed += max(s["wall_s"] for s in r["stages"])
+        elapsed += max(s.wall_s for s in r.stages)
         if elapsed > budget * 1.001:
             break
         done += 1
-        top1 = r.get("test_top1", top1)
+        top1 = r.test_top1 if r.test_top1 is not None else top1
     return top1, done
 
 
-def table(points: list[dict], summaries: list[dict], run_root: Path) -> list[list]:
-    records = {point_name(p): epochs(run_root / point_name(p)) for p in points}
-    budgets = {}
+def table(points: list[dict], summaries: list[RunSummary], run_root: Path) -> list[list]:
+    budgets = {}  # the training time of the slowest stage, summed over epochs (as at_budget counts it)
     for p, s in zip(points, summaries):
         if buffer_label(p) == "fifo" and float(p.get("pipeline.slowdown.factor", 1)) == 1:
-            budgets[(s["method"], s["num_stages"])] = sum(
-                max(x["wall_s"] for x in r["stages"]) for r in records[point_name(p)]
-            )
+            budgets[(s.method, s.num_stages)] = s.train_seconds
     rows = []
     for p, s in zip(points, summaries):
-        st = s["stages"]
-        stale = [x["staleness"] for x in st[1:]] or [{"mean": 0, "p95": 0, "max": 0}]
-        reused = sum(x["steps"] - x["fresh"] for x in st if x["reuse"])
-        budget = budgets.get((s["method"], s["num_stages"]))
-        top1, done = at_budget(records[point_name(p)], budget) if budget else (None, 0)
+        st = s.stages
+        stale = [x.staleness for x in st[1:]] or [Distribution()]
+        reused = sum(x.steps - x.fresh for x in st if x.reuse)
+        budget = budgets.get((s.method, s.num_stages))
+        top1, done = at_budget(read_epochs(run_root / point_name(p)), budget) if budget else (None, 0)
         rows.append(
             [
-                s["method"],
-                s["num_stages"],
+                s.method,
+                s.num_stages,
                 buffer_label(p),
                 float(p.get("pipeline.slowdown.factor", 1)),
-                " / ".join(f"{x['samples_per_s_median']:.0f}" for x in st),
-                " / ".join(f"{x['idle_frac_median']:.2f}" for x in st),
-                " / ".join(str(x["steps"]) for x in st),
-                f"{max(x['mean'] for x in stale):.2f} / {max(x['p95'] for x in stale)} / "
-                f"{max(x['max'] for x in stale)}",
+                " / ".join(f"{x.samples_per_s_median:.0f}" for x in st),
+                " / ".join(f"{x.idle_frac_median:.2f}" for x in st),
+                " / ".join(str(x.steps) for x in st),
+                f"{max(x.mean for x in stale):.2f} / {max(x.p95 for x in stale)} / {max(x.max for x in stale)}",
                 reused,
-                sum(x["dropped_unused"] for x in st),
-                s["final_top1"],
+                sum(x.dropped_unused for x in st),
+                s.final_top1,
                 f"{top1:.4f} ({done})" if top1 is not None else f"- ({done})",
             ]
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import platform
 import shlex
@@ -12,6 +13,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from pipelocal.metrics.summary import RunSummary
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -49,10 +52,14 @@ def markdown_table(columns: list[str], rows: list[list]) -> str:
 
 
 def write_outputs(folder: Path, stem: str, columns: list[str], rows: list[list], meta: dict, header: str) -> str:
-    """Write <stem>.md (header + table), .json (meta + rows) and .csv; return the markdown."""
+    """Write <stem>.md (header + table), .json (meta + rows) and .csv; return the markdown.
+
+    ``meta`` may hold summaries (dataclasses): they are written as the plain data of their ``summary.json``.
+    """
     text = header.rstrip() + "\n\n" + markdown_table(columns, rows) + "\n"
     (folder / f"{stem}.md").write_text(text)
-    (folder / f"{stem}.json").write_text(json.dumps({**meta, "columns": columns, "rows": rows}, indent=2))
+    data = {**meta, "columns": columns, "rows": rows}
+    (folder / f"{stem}.json").write_text(json.dumps(data, indent=2, default=dataclasses.asdict))
     with (folder / f"{stem}.csv").open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(columns)
@@ -77,8 +84,8 @@ def pipelocal_command(args: list[str], nproc: int = 1) -> list[str]:
     ]
 
 
-def run_job(cmd: list[str], run_dir: Path, cwd: Path, quiet: bool = True) -> dict:
-    """Run one job (quiet: its output is only in its run directory) and return its summary.json."""
+def run_job(cmd: list[str], run_dir: Path, cwd: Path, quiet: bool = True) -> RunSummary:
+    """Run one job (quiet: its output is only in its run directory) and return its summary."""
     print("$", shlex.join(cmd), flush=True)
     subprocess.run(cmd, check=True, cwd=cwd, stdout=subprocess.DEVNULL if quiet else None)
-    return json.loads((run_dir / "summary.json").read_text())
+    return RunSummary.load(run_dir)

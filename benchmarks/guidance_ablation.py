@@ -21,6 +21,8 @@ from pathlib import Path
 
 from common import hardware, pipelocal_command, results_dir, run_job, write_outputs
 
+from pipelocal.metrics.summary import RunSummary
+
 ROOT = Path(__file__).resolve().parent.parent
 EVERY = (100, 20, 5, 1)
 COLUMNS = [
@@ -44,7 +46,7 @@ def variants() -> dict[str, list[str]]:
     return out
 
 
-def run(args, extra: list[str], run_root: Path, name: str, accuracy: bool) -> dict:
+def run(args, extra: list[str], run_root: Path, name: str, accuracy: bool) -> RunSummary:
     budget = (
         [f"--train.epochs={args.accuracy_epochs}"]
         if accuracy
@@ -79,25 +81,23 @@ def mib(value: float) -> float:
 
 def table(results: dict, accuracy: dict) -> tuple[list[list], dict]:
     med = statistics.median
-    off = med(s["samples_per_s_median"] for s in results["off"])
+    off = med(s.samples_per_s_median for s in results["off"])
     rows, figures = [], {}
     for name, runs in results.items():
-        rate = med(s["samples_per_s_median"] for s in runs)
-        first = [s["stages"][0] for s in runs]
-        held = med(max(st["kept_bytes_peak"] + st["stash_bytes_peak"] for st in s["stages"]) for s in runs)
-        saved = med(max(max(st["saved_bytes_peak"] or [0]) for st in s["stages"]) for s in runs)
-        delays = [st for st in first if st["delay_max"] is not None]
-        delay = (
-            f"{med(st['delay_mean'] for st in delays):.2f} / {max(st['delay_max'] for st in delays)}" if delays else "-"
-        )
-        top1 = accuracy.get(name, {}).get("final_top1")
+        rate = med(s.samples_per_s_median for s in runs)
+        first = [s.stages[0] for s in runs]
+        held = med(max(st.kept_bytes_peak + st.stash_bytes_peak for st in s.stages) for s in runs)
+        saved = med(s.saved_bytes_peak_max for s in runs)
+        delays = [st for st in first if st.delay_max is not None]
+        delay = f"{med(st.delay_mean for st in delays):.2f} / {max(st.delay_max for st in delays)}" if delays else "-"
+        top1 = accuracy[name].final_top1 if name in accuracy else None
         rows.append(
             [
                 name,
                 round(rate, 1),
                 round(rate / off, 3),
-                first[0]["guided_steps"],
-                round(med(st["grad_wait_frac_median"] for st in first), 3),
+                first[0].guided_steps,
+                round(med(st.grad_wait_frac_median for st in first), 3),
                 delay,
                 mib(held),
                 mib(saved),
@@ -147,7 +147,7 @@ def main() -> None:
     args = parser.parse_args()
     folder = results_dir(f"guidance_ablation-p{args.stages}", args.out)
     runs = folder / "runs"
-    results: dict[str, list[dict]] = {name: [] for name in variants()}
+    results: dict[str, list[RunSummary]] = {name: [] for name in variants()}
     for r in range(args.repeats):  # alternate, so drift on a shared machine hits every variant alike
         for name, extra in variants().items():
             results[name].append(run(args, extra, runs, f"{name.replace(' ', '-')}-{r}", False))

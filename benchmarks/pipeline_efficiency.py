@@ -23,10 +23,12 @@ from pathlib import Path
 
 from common import hardware, pipelocal_command, results_dir, run_job, write_outputs
 
+from pipelocal.metrics.summary import RunSummary
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run(kind: str, args, overrides: list[str], run_root: Path, name: str) -> dict:
+def run(kind: str, args, overrides: list[str], run_root: Path, name: str) -> RunSummary:
     common = [
         "--config",
         args.config,
@@ -45,7 +47,7 @@ def run(kind: str, args, overrides: list[str], run_root: Path, name: str) -> dic
     return run_job(pipelocal_command(pipeline, args.stages), run_root / name, ROOT)
 
 
-def measure(args, folder: Path) -> dict:
+def measure(args, folder: Path) -> dict[str, list[RunSummary]]:
     base = [f"--{kv}" for kv in args.set]
     variants = {}
     for balance in ("uniform", "time"):
@@ -66,19 +68,19 @@ def measure(args, folder: Path) -> dict:
 def rows_from(results: dict, batch: int) -> tuple[list[list], dict]:
     med = statistics.median
     rows, figures = [], {}
-    quiet = med(s["samples_per_s_median"] for s in results["pipeline/time/quiet"])
+    quiet = med(s.samples_per_s_median for s in results["pipeline/time/quiet"])
     for balance in ("uniform", "time"):
-        seq = med(s["samples_per_s_median"] for s in results[f"sequential/{balance}"])
+        seq = med(s.samples_per_s_median for s in results[f"sequential/{balance}"])
         runs = results[f"pipeline/{balance}"]
-        pipe = med(s["samples_per_s_median"] for s in runs)
-        slowest = med(max(st["compute_s_per_step_median"] for st in s["stages"]) for s in runs)
+        pipe = med(s.samples_per_s_median for s in runs)
+        slowest = med(max(st.compute_s_per_step_median for st in s.stages) for s in runs)
         efficiency = pipe / (batch / slowest)
-        stages = list(zip(*[s["stages"] for s in runs]))
-        util = [round(med(st["utilisation_median"] for st in per), 3) for per in stages]
-        recv = [round(med(st["recv_wait_frac_median"] for st in per), 3) for per in stages]
-        send = [round(med(st["send_wait_frac_median"] for st in per), 3) for per in stages]
-        compute_ms = [round(1e3 * med(st["compute_s_per_step_median"] for st in per), 1) for per in stages]
-        split = runs[0]["config"]["split"]["balance"]
+        stages = list(zip(*[s.stages for s in runs]))
+        util = [round(med(st.utilisation_median for st in per), 3) for per in stages]
+        recv = [round(med(st.recv_wait_frac_median for st in per), 3) for per in stages]
+        send = [round(med(st.send_wait_frac_median for st in per), 3) for per in stages]
+        compute_ms = [round(1e3 * med(st.compute_s_per_step_median for st in per), 1) for per in stages]
+        split = runs[0].config["split"]["balance"]
         rows.append(
             [
                 split,
@@ -100,11 +102,11 @@ def rows_from(results: dict, batch: int) -> tuple[list[list], dict]:
             "utilisation": util,
             "compute_ms": compute_ms,
         }
-    logged = med(s["samples_per_s_median"] for s in results["pipeline/time"])
+    logged = med(s.samples_per_s_median for s in results["pipeline/time"])
     figures["logging_cost_ab"] = 1 - logged / quiet
     # Direct: the share of each stage's wall time spent in the metrics hook (live table every 10 steps).
     figures["logging_frac"] = max(
-        med(st["log_frac_median"] for st in per) for per in zip(*[s["stages"] for s in results["pipeline/time"]])
+        med(st.log_frac_median for st in per) for per in zip(*[s.stages for s in results["pipeline/time"]])
     )
     return rows, figures
 

@@ -24,6 +24,8 @@ from pathlib import Path
 
 from common import hardware, pipelocal_command, results_dir, run_job, write_outputs
 
+from pipelocal.metrics.summary import RunSummary
+
 ROOT = Path(__file__).resolve().parent.parent
 MODES = ("e2e", "ddp", "gpipe", "1f1b", "pipeline", "pipeline+guidance", "ddg")
 EXACT_E2E = ("e2e", "ddp", "gpipe", "1f1b")
@@ -71,26 +73,23 @@ def command(mode: str, args, run_root: Path, name: str) -> list[str]:
     return pipelocal_command([*shared, *local, "--pipeline.threads=1"], args.stages)
 
 
-def run(mode: str, args, run_root: Path, name: str) -> dict:
+def run(mode: str, args, run_root: Path, name: str) -> RunSummary:
     return run_job(command(mode, args, run_root, name), run_root / name, ROOT)
 
 
-def stage_figures(summary: dict) -> dict:
-    """Per-stage memory and utilisation, the same shape for one-process and multi-process summaries."""
-    if "stages" not in summary:  # e2e: one process, one stage
-        return {"saved": [summary["saved_bytes_peak_max"]], "cuda": [summary["cuda_peak_bytes"]], "util": [None]}
-    stages = summary["stages"]
-    util = [round(s["utilisation_median"], 3) if summary["mode"] == "pipeline" else None for s in stages]
+def stage_figures(summary: RunSummary) -> dict:
+    """Per-stage memory and utilisation (measured by the local pipeline only)."""
+    stages = summary.stages
     return {
-        "saved": [max(s["saved_bytes_peak"] or [0]) for s in stages],
-        "cuda": [s["cuda_peak_bytes"] for s in stages],
-        "util": util,
+        "saved": [s.saved_bytes_peak_max for s in stages],
+        "cuda": [s.cuda_peak_bytes for s in stages],
+        "util": [round(s.utilisation_median, 3) if summary.mode == "pipeline" else None for s in stages],
     }
 
 
 def table(results: dict, args) -> tuple[list[list], dict]:
     med = statistics.median
-    rate = {m: med(s["samples_per_s_median"] for s in runs) for m, runs in results.items()}
+    rate = {m: med(s.samples_per_s_median for s in runs) for m, runs in results.items()}
     memory = {m: stage_figures(runs[0]) for m, runs in results.items()}
     e2e_mem = max(memory["e2e"]["saved"])
     rows = []
@@ -110,7 +109,7 @@ def table(results: dict, args) -> tuple[list[list], dict]:
                 " / ".join(f"{b / 2**20:.1f}" for b in f["saved"]),
                 cuda,
                 util,
-                results[mode][-1]["final_top1"],
+                results[mode][-1].final_top1,
             ]
         )
     best_e2e = max((m for m in results if m in EXACT_E2E), key=lambda m: rate[m])
