@@ -127,6 +127,11 @@ class TrainConfig:
     max_steps: int | None = option(None, "stop each epoch after this many steps (quick runs, tests)")
     eval_every: int = option(1, "evaluate every N epochs (and always after the last)")
     deterministic: bool = option(False, "torch.use_deterministic_algorithms (tests, invariants)")
+    resume: str | None = option(
+        None,
+        "continue a run: auto (the newest complete checkpoint of this run folder, or start fresh; without "
+        "metrics.run_name, of the newest <mode>-<method>-* run folder) or a checkpoint/run folder PATH",
+    )
 
 
 @dataclass
@@ -173,6 +178,14 @@ class MetricsConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    every_epochs: int = option(1, "checkpoint after every N epochs (0: never; the final one is always written)")
+    every_steps: int = option(0, "also checkpoint every N training steps, mid-epoch (0: off)")
+    keep: int = option(2, "keep the newest N checkpoints (0: all)")
+    final: bool = option(True, "write a checkpoint at the end of the run")
+
+
+@dataclass
 class JobConfig:
     # The allowed values are the registry itself (a live view: a mode registered later is allowed too).
     mode: str = option("sequential", "execution mode (DESIGN §2)", MODE_TRAITS)
@@ -185,6 +198,7 @@ class JobConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
     def validate(self) -> JobConfig:
         """Check every choice and the cross-field rules; return self."""
@@ -218,6 +232,13 @@ class JobConfig:
             raise ConfigError(
                 f"mode={self.mode} trains end to end (plain backprop) but method.name='{self.method.name}'; "
                 "set method.name=e2e, or mode=sequential (pipeline) for local learning"
+            )
+        if min(self.checkpoint.every_epochs, self.checkpoint.every_steps, self.checkpoint.keep) < 0:
+            raise ConfigError("checkpoint.every_epochs, checkpoint.every_steps and checkpoint.keep must be >= 0")
+        if self.checkpoint.every_steps and self.pipeline.buffer == "replay":
+            raise ConfigError(
+                "checkpoint.every_steps: a replay pipeline's stages train unplanned numbers of steps, so they have "
+                "no common mid-epoch step; use checkpoint.every_epochs with pipeline.buffer=replay"
             )
         if mode.check is not None:
             mode.check(self)

@@ -16,30 +16,52 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from pipelocal import checkpoint
 from pipelocal.checkpoint import save_stage
-from pipelocal.config import ConfigError, JobConfig, dump_yaml
+from pipelocal.config import ConfigError, JobConfig, dump_yaml, to_dict
 from pipelocal.data import build_loaders
 from pipelocal.distributed.setup import destroy_distributed, init_distributed
 from pipelocal.distributed.topology import Topology
 from pipelocal.metrics.console import Console
 from pipelocal.metrics.run_log import RunLog
 from pipelocal.metrics.summary import RunSummary
+from pipelocal.preemption import Preemption
 from pipelocal.runtime.profile import split_for
 from pipelocal.schedules import MODES, Mode
 from pipelocal.trainer import Trainer
 
 
 def run_job(cfg: JobConfig) -> RunSummary | None:
-    """Run this rank's part to the end; rank 0 returns the summary, the others None."""
+    """Run this rank's part to the end; rank 0 returns the summary, the others None. A preemption raises
+    :class:`Preempted` once every stage has written its part of the checkpoint."""
     mode: Mode = MODES.get(cfg.mode)
     topo, groups = start(cfg, mode)
     console = Console(cfg.metrics.console if topo.is_coordinator else "none")
     setup, loaders = prepare(cfg, topo, groups, console)
     run_dir = Path(setup["run_dir"])
     strategy = mode.build(cfg, topo, groups, setup, loaders)
-    console.print(describe(cfg, topo, strategy, run_dir))
     control, stats = (groups.control, groups.stats) if groups is not None else (None, None)
-    summary = Trainer(cfg, strategy, RunLog(cfg, topo, console, run_dir, control, stats)).fit()
+    resumed = None
+    if setup["resume"]:
+        strategy.load_checkpoint(setup["resume"], control)
+        resumed = checkpoint.load_rank_object(setup["resume"], topo, control)
+        if resumed is not None:
+            checkpoint.set_rng_state(resumed["rng"], topo.device)
+    console.print(describe(cfg, topo, strategy, run_dir))
+    log = RunLog(cfg, topo, console, run_dir, control, stats, setup["history"])
+    saver = checkpoint.Saver(cfg, topo, control, run_dir, setup["ranges"])
+    # Replay stages train unplanned step counts, so no common step exists to stop at: a signal ends them as before.
+    preemption = (
+        Preemption(topo.stage_index, groups.preempt if groups else None) if cfg.pipeline.buffer == "fifo" else None
+    )
+    try:
+        summary = Trainer(cfg, strategy, log, saver, resumed, preemption).fit()
+    except BaseException:
+        if preemption is not None:
+            preemption.abandon()
+        raise
+    if preemption is not None:
+        preemption.close()
     state = strategy.state_dict()
     if state is not None:
         save_stage(state, run_dir, topo.stage_index)  # a stage's data replicas hold the same weights
@@ -64,21 +86,37 @@ def start(cfg: JobConfig, mode: Mode):
 
 
 def prepare(cfg: JobConfig, topo: Topology, groups, console: Console):
-    """Rank 0 reads the data, makes the run directory and chooses the split; every rank gets the numbers."""
+    """Rank 0 reads the data, makes (or finds) the run directory and chooses the split (a resumed run: its
+    checkpoint's); every rank gets the numbers."""
     loaders, setup = None, {}
     if topo.is_coordinator:
         train_loader, test_loader, info = build_loaders(cfg.data, topo.device, cfg.train.seed)
         loaders = (train_loader, test_loader)
-        run_dir = make_run_dir(cfg)
+        if cfg.data.batch_size > train_loader.num_samples:
+            raise ConfigError(
+                f"data.batch_size={cfg.data.batch_size} is larger than the {train_loader.num_samples} training "
+                "samples; a batch cannot exceed the data: lower data.batch_size (or raise data.train_subset)"
+            )
+        run_dir, resume = locate_run(cfg, console.print)
+        checkpoint.clear_partial(run_dir / "checkpoints")
+        meta = checkpoint.read_meta(resume) if resume else None
+        if meta is not None:
+            check_resumable(cfg, meta, resume)
+            ranges = [tuple(r) for r in meta["ranges"]]
+            console.print(f"resuming from {resume} (step {meta['step']}, epoch {meta['epoch'] + 1})")
+        else:
+            ranges, split_line = split_for(cfg, info, topo.device)  # profiled once, here, so every rank agrees
+            console.print(split_line)
         dump_yaml(cfg, run_dir / "config.yaml")
-        ranges, split_line = split_for(cfg, info, topo.device)  # profiled once, here, so every rank agrees
-        console.print(split_line)
         setup = {
             "info": info,
             "train_len": train_loader.num_samples,
             "test_len": test_loader.num_samples,
             "run_dir": str(run_dir),
             "ranges": ranges,
+            "resume": str(resume) if resume else None,
+            "start_step": meta["step"] if meta else 0,
+            "history": meta["history"] if meta else [],
         }
     if topo.distributed:
         box = [setup]
@@ -99,11 +137,89 @@ def describe(cfg: JobConfig, topo: Topology, strategy, run_dir: Path) -> str:
     )
 
 
+def locate_run(cfg: JobConfig, say) -> tuple[Path, Path | None]:
+    """The run directory, and the checkpoint to resume from (None: a fresh start).
+
+    ``train.resume=auto`` continues the newest intact checkpoint of the run folder (``metrics.run_name``, or
+    without one the newest ``<mode>-<method>-*`` folder that has a checkpoint), or starts fresh; a PATH
+    continues that checkpoint (in its own run folder unless ``metrics.run_name`` names another). Without
+    resume, an existing run folder is an error: nothing is ever overwritten.
+    """
+    out, name, resume = Path(cfg.metrics.out_dir), cfg.metrics.run_name, cfg.train.resume
+    path = None
+    if resume == "auto":
+        run_dir = out / name if name else _newest_run(out, f"{cfg.mode}-{cfg.method.name}-")
+        path = checkpoint.latest(run_dir / "checkpoints", say) if run_dir is not None else None
+        if path is None:
+            say(f"train.resume=auto: no complete checkpoint in {run_dir or out}; starting fresh")
+        run_dir = run_dir or make_run_dir(cfg)
+    elif resume:
+        try:
+            path = checkpoint.resolve(resume, say)
+        except checkpoint.CheckpointError as err:
+            raise ConfigError(f"train.resume={resume}: {err}") from err
+        run_dir = out / name if name else path.parent.parent
+    else:
+        run_dir = make_run_dir(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir, path
+
+
+def _newest_run(out: Path, prefix: str) -> Path | None:
+    runs = [p for p in out.glob(f"{prefix}*") if checkpoint.complete(p / "checkpoints")]
+    return max(runs, key=lambda p: p.stat().st_mtime) if runs else None
+
+
 def make_run_dir(cfg: JobConfig) -> Path:
-    name = cfg.metrics.run_name or f"{cfg.mode}-{cfg.method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = Path(cfg.metrics.out_dir) / name
+    """A new run folder; a named one that exists already is an error (resume it, or pick another name)."""
+    out = Path(cfg.metrics.out_dir)
+    if cfg.metrics.run_name:
+        run_dir = out / cfg.metrics.run_name
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise ConfigError(
+                f"run folder {run_dir} exists already; continue it with --train.resume=auto, or choose another "
+                "--metrics.run_name (nothing is overwritten)"
+            )
+    else:
+        stem = f"{cfg.mode}-{cfg.method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir, n = out / stem, 1
+        while run_dir.exists():  # two runs started in the same second
+            n += 1
+            run_dir = out / f"{stem}-{n}"
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
+
+
+# Config keys a checkpoint is bound to: the network and the meaning of a step number.
+RESUME_KEYS = (
+    "model.name",
+    "model.depth",
+    "model.norm",
+    "split.num_modules",
+    "method.name",
+    "data.name",
+    "data.batch_size",
+    "data.drop_last",
+    "data.train_subset",
+    "train.max_steps",
+)
+
+
+def check_resumable(cfg: JobConfig, meta: dict, path: Path) -> None:
+    """Refuse a checkpoint of another network or another step numbering, naming the keys that differ."""
+    now = to_dict(cfg)
+    differ = []
+    for key in RESUME_KEYS:
+        section, name = key.split(".")
+        theirs, ours = meta["config"][section][name], now[section][name]
+        if theirs != ours:
+            differ.append(f"{key}: {theirs!r} in the checkpoint, {ours!r} now")
+    if differ:
+        raise ConfigError(
+            f"checkpoint {path} was written by a different run: "
+            + "; ".join(differ)
+            + ". Resume with the same values, or start a new run"
+        )
 
 
 def pick_device(name: str) -> torch.device:

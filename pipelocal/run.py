@@ -17,6 +17,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from pipelocal.config import ConfigError, help_text, load_config
 from pipelocal.data import DatasetNotFoundError
 from pipelocal.job import check_single_process, run_job  # noqa: F401  (check_single_process: part of the API)
+from pipelocal.preemption import PREEMPTED, Preempted
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 
@@ -41,14 +42,23 @@ def train(cfg) -> dict:
 
 @record
 def main(argv: list[str] | None = None) -> int:
-    """Parse, then run the mode; exceptions propagate to torchrun's ``record`` (error file, summary)."""
-    run_job(parse_args(sys.argv[1:] if argv is None else argv))
+    """Parse, then run the mode; exceptions propagate to torchrun's ``record`` (error file, summary). A
+    preemption is not an error: the stage says where its checkpoint is and exits with ``PREEMPTED``."""
+    try:
+        run_job(parse_args(sys.argv[1:] if argv is None else argv))
+    except Preempted as err:
+        stage = f"stage {os.environ['RANK']}" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "pipelocal"
+        print(f"{stage} stopped: {err}", file=sys.stderr, flush=True)
+        if torch.distributed.is_initialized():
+            os._exit(PREEMPTED)  # no collective teardown: a peer may be gone already
+        return PREEMPTED
     return 0
 
 
 def cli(argv: list[str] | None = None) -> int:
-    """Exit codes: 0 done, 2 bad config or data, 1 anything else. A failing stage names itself and exits
-    at once, without collective clean-up, which could hang on a dead peer (DESIGN §6)."""
+    """Exit codes: 0 done, 2 bad config or data, 75 preempted (a checkpoint was written: resume with
+    ``--train.resume=auto``), 1 anything else. A failing stage names itself and exits at once, without
+    collective clean-up, which could hang on a dead peer (DESIGN §6)."""
     stage = f" on stage {os.environ['RANK']}" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
     try:
         return main(argv)

@@ -3,59 +3,93 @@
 Per rank it drives a *step strategy* (the mode's, from ``schedules.MODES``): a local stage loop
 (sequential, e2e, pipeline: schedules/stage_loop.py) or an E2E baseline (ddp, gpipe, 1f1b:
 schedules/e2e_parallel.py). A strategy has ``stage`` (modules, optimizers, device), ``plan``,
-``stage_index``, ``steps_per_epoch`` (None: until it says the epoch is over), ``start_epoch``,
-``step(t, stats) -> StepResult | None``, ``end_epoch``, ``evaluate``, ``waits``, ``state_dict`` and ``stop``.
+``stage_index``, ``steps_per_epoch`` (None: until it says the epoch is over), ``start_epoch(epoch, start)``,
+``step(t, stats) -> StepResult | None``, ``halting`` (after a step: the last before a preemption checkpoint;
+``halt_requested`` is what it asks), ``drain`` (mid-epoch checkpoint), ``end_epoch``, ``evaluate``, ``waits``,
+``checkpoint_state``/``load_checkpoint``,
+``state_dict`` and ``stop``.
 
 Where things go: something done every N steps (a checkpoint, a profiler window) is a step hook here,
 after ``stats.add``; something around every forward (autocast) is the strategy's ``step``, the one place
 each mode runs its forward; something at an epoch end (a checkpoint, after the drain) is in ``fit``.
+A checkpoint holds the state after step ``self.step - 1``; a mid-epoch one is never taken at an epoch's
+last step (that one waits for the evaluation), so resuming at a step is resuming the epoch it falls in.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 
 import torch
 
+from pipelocal.checkpoint import Saver
 from pipelocal.metrics.memory import cuda_peak_bytes
 from pipelocal.metrics.run_log import RunLog
 from pipelocal.metrics.stats import StageStats
 from pipelocal.metrics.summary import RunSummary
 from pipelocal.optim import lr_for_step, set_lr
+from pipelocal.preemption import Preempted
 
 
 class Trainer:
-    """``fit()`` trains for ``train.epochs``; rank 0 returns the :class:`RunSummary`, the others None."""
+    """``fit()`` trains for ``train.epochs``; rank 0 returns the :class:`RunSummary`, the others None.
 
-    def __init__(self, cfg, strategy, log: RunLog):
-        self.cfg, self.strategy, self.log = cfg, strategy, log
+    ``saver`` writes checkpoints (None: never); ``resumed`` is this rank's object from the checkpoint the job
+    resumed from (the plan starts at its step); ``preemption`` tells the strategy when a signal came.
+    """
+
+    def __init__(self, cfg, strategy, log: RunLog, saver: Saver | None = None, resumed=None, preemption=None):
+        self.cfg, self.strategy, self.log, self.saver = cfg, strategy, log, saver
         self.device = strategy.stage.device
-        self.step = 0  # training steps done on this rank, across epochs (= the step number of the next one)
+        self.step = strategy.plan.start  # training steps done on this rank, across epochs (= the next one's number)
+        self.resumed = resumed or {}
+        if preemption is not None:
+            strategy.halt_requested = preemption.requested
+        self._saved_at = None
 
     def fit(self) -> RunSummary | None:
-        strategy = self.strategy
-        for epoch in range(self.cfg.train.epochs):
-            stats = self.train_epoch(epoch)
+        strategy, every = self.strategy, self.cfg.checkpoint
+        steps = len(strategy.plan.train_rows)
+        first, offset = divmod(self.step, steps)
+        partial = self.resumed.get("stats") if offset else None  # the interrupted epoch's figures so far
+        for epoch in range(first, self.cfg.train.epochs):
+            stats, halted = self.train_epoch(
+                epoch, offset if epoch == first else 0, partial if epoch == first else None
+            )
+            if halted and stats.steps < steps and strategy.steps_per_epoch is not None:
+                strategy.drain(self.step, stats)
+                raise Preempted(self.step, self._save(epoch, stats))
             if epoch in strategy.plan.eval_epochs:
                 strategy.evaluate(stats)
             stats.cuda_peak_bytes = cuda_peak_bytes(self.device)
             stats.static_bytes = strategy.stage.static_bytes()
             self.log.end_epoch(epoch, stats)
+            due = every.every_epochs and (epoch + 1) % every.every_epochs == 0
+            if halted or due or (every.every_steps and self.step % every.every_steps == 0):
+                self._save(epoch + 1)
+            if halted:
+                raise Preempted(self.step, self._saved_at[1] if self._saved_at else None)
+        if every.final and (self._saved_at is None or self._saved_at[0] != self.step):
+            self._save(self.cfg.train.epochs)
         strategy.stop()
         return self.log.close(strategy.stage.module_units)
 
-    def train_epoch(self, epoch: int) -> StageStats:
+    def train_epoch(self, epoch: int, start: int = 0, stats: StageStats | None = None) -> tuple[StageStats, bool]:
+        """Epoch ``epoch`` from its step ``start`` (a resumed run: ``stats`` holds what came before); also
+        whether it stopped early for a preemption."""
         cfg, strategy = self.cfg, self.strategy
         optimizers = strategy.stage.optimizers
-        stats = StageStats(strategy.stage_index)
+        stats = stats or StageStats(strategy.stage_index)
         steps = len(strategy.plan.train_rows)  # the plan's; the learning rate follows it
-        limit = strategy.steps_per_epoch
-        strategy.start_epoch(epoch)
+        limit, every = strategy.steps_per_epoch, cfg.checkpoint.every_steps
+        strategy.start_epoch(epoch, start)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        waits, start = strategy.waits(), time.perf_counter()
-        with self.log.epoch(epoch, steps, start, waits) as on_step:
-            i = 0
+        waits, begin = strategy.waits(), time.perf_counter()
+        halted = False
+        with self.log.epoch(epoch, steps, begin, waits) as on_step:
+            i = start
             while limit is None or i < limit:
                 lr = lr_for_step(cfg, epoch, min(i, steps - 1), steps)
                 set_lr(optimizers, lr)
@@ -67,12 +101,32 @@ class Trainer:
                 hook_start = time.perf_counter()
                 on_step(stats, result, strategy.waits, lr)
                 stats.log_s += time.perf_counter() - hook_start
-        strategy.end_epoch(epoch, self.step, stats)
+                if strategy.halting:
+                    halted = True
+                    break
+                if every and self.step % every == 0 and i < steps:  # at an epoch's end: after its evaluation
+                    strategy.drain(self.step, stats)
+                    self._save(epoch, stats, time.perf_counter() - begin)
+        if not halted or i == limit:
+            strategy.end_epoch(epoch, self.step, stats)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # timing must include queued kernels
-        stats.wall_s = time.perf_counter() - start
+        stats.wall_s += time.perf_counter() - begin
         recv, send = strategy.waits()
         stats.recv_wait_s += recv - waits[0]
-        stats.send_wait_s = send - waits[1]
-        stats.close()
-        return stats
+        stats.send_wait_s += send - waits[1]
+        if not halted or i == limit:
+            stats.close()
+        return stats, halted
+
+    def _save(self, epoch: int, stats: StageStats | None = None, elapsed: float = 0.0):
+        """A checkpoint at ``self.step``: ``epoch`` is the one to run next; ``stats``: of its steps so far."""
+        if self.saver is None:
+            return None
+        partial = None
+        if stats is not None:
+            partial = copy.copy(stats)
+            partial.wall_s += elapsed
+        path = self.saver.save(self.step, epoch, self.strategy, partial, self.log.history)
+        self._saved_at = (self.step, path)
+        return path

@@ -6,6 +6,7 @@ import torch
 
 from pipelocal.config import DataConfig
 from pipelocal.data import RECIPES, DatasetNotFoundError, Split, TensorLoader, augment, build_loaders
+from pipelocal.data.loaders import augment_draws
 
 CPU = torch.device("cpu")
 
@@ -49,7 +50,9 @@ def test_last_partial_batch_and_drop_last():
 
 def test_crop_and_flip_keep_shape_and_content():
     raw = torch.rand(6, 3, 8, 8)
-    out = augment(raw, RECIPES["cifar10"], torch.Generator().manual_seed(0))
+    out = augment(
+        raw, RECIPES["cifar10"], augment_draws(len(raw), RECIPES["cifar10"], torch.Generator().manual_seed(0))
+    )
     assert out.shape == raw.shape and not torch.equal(out, raw)
     # Every output is a window of the reflect-padded (maybe flipped) image: check sample 0 against all windows.
     padded = torch.nn.functional.pad(raw[:1], (4, 4, 4, 4), mode="reflect")[0]

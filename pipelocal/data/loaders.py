@@ -37,7 +37,7 @@ class TensorLoader:
         self.train = train
         self.seed = seed
         self.drop_last = drop_last
-        self.epoch = 0
+        self.epoch, self.start = 0, 0
         self.mean = torch.tensor(recipe.mean, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(recipe.std, device=device).view(1, -1, 1, 1)
 
@@ -45,8 +45,10 @@ class TensorLoader:
     def num_samples(self) -> int:
         return len(self.labels)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """The next iteration is epoch ``epoch``'s, from batch ``start`` on (a resumed run): the order and the
+        augmentation of every batch are those of an uninterrupted epoch."""
+        self.epoch, self.start = epoch, start
 
     def __len__(self) -> int:
         n = len(self.labels)
@@ -57,28 +59,43 @@ class TensorLoader:
         n = len(self.labels)
         order = torch.randperm(n, generator=gen) if self.train else torch.arange(n)
         for i in range(len(self)):
-            index = order[i * self.batch_size : (i + 1) * self.batch_size].to(self.device)
+            index = order[i * self.batch_size : (i + 1) * self.batch_size]
+            draws = augment_draws(len(index), self.recipe, gen) if self.train else {}
+            if i < self.start:
+                continue  # skipped, but its random draws are taken, so later batches are the same
+            index = index.to(self.device)
             raw = self.images[index].float().div_(255)
             if self.train:
-                raw = augment(raw, self.recipe, gen)
+                raw = augment(raw, self.recipe, draws)
             yield Batch((raw - self.mean) / self.std, self.labels[index], raw)
+        self.start = 0
 
 
-def augment(raw: torch.Tensor, recipe: Recipe, gen: torch.Generator) -> torch.Tensor:
+def augment_draws(n: int, recipe: Recipe, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """The random numbers of one batch's augmentation, in a fixed order (a skipped batch takes them too)."""
+    draws = {}
+    if recipe.pad:
+        draws["top"] = torch.randint(0, 2 * recipe.pad + 1, (n,), generator=gen)
+        draws["left"] = torch.randint(0, 2 * recipe.pad + 1, (n,), generator=gen)
+    if recipe.flip:
+        draws["flip"] = torch.rand(n, generator=gen) < 0.5
+    return draws
+
+
+def augment(raw: torch.Tensor, recipe: Recipe, draws: dict[str, torch.Tensor]) -> torch.Tensor:
     """Random crop after reflect padding, and horizontal flip, for a whole batch at once."""
     n, channels, height, width = raw.shape
     if recipe.pad:
         p = recipe.pad
         padded = F.pad(raw, (p, p, p, p), mode="reflect")
-        top = torch.randint(0, 2 * p + 1, (n,), generator=gen).to(raw.device)
-        left = torch.randint(0, 2 * p + 1, (n,), generator=gen).to(raw.device)
+        top, left = draws["top"].to(raw.device), draws["left"].to(raw.device)
         rows = (top[:, None] + torch.arange(height, device=raw.device))[:, None, :, None]
         cols = (left[:, None] + torch.arange(width, device=raw.device))[:, None, None, :]
         batch = torch.arange(n, device=raw.device)[:, None, None, None]
         chan = torch.arange(channels, device=raw.device)[None, :, None, None]
         raw = padded[batch, chan, rows, cols]
     if recipe.flip:
-        flip = (torch.rand(n, generator=gen) < 0.5).to(raw.device)[:, None, None, None]
+        flip = draws["flip"].to(raw.device)[:, None, None, None]
         raw = torch.where(flip, raw.flip(3), raw)
     return raw
 
@@ -99,24 +116,24 @@ class FolderLoader:
         self.device = device
         self.mean = torch.tensor(recipe.mean, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(recipe.std, device=device).view(1, -1, 1, 1)
-        self.sampler_gen = torch.Generator().manual_seed(seed)
+        batch_size = cfg.batch_size if train else cfg.eval_batch_size
+        self.sampler = EpochSampler(len(self.dataset), batch_size, train, seed)
         self.loader = torch.utils.data.DataLoader(
             self.dataset,
-            batch_size=cfg.batch_size if train else cfg.eval_batch_size,
-            shuffle=train,
+            batch_size=batch_size,
+            sampler=self.sampler,
             num_workers=cfg.workers,
             pin_memory=device.type == "cuda",
             drop_last=train and cfg.drop_last,
             persistent_workers=cfg.workers > 0,
-            generator=self.sampler_gen,
         )
 
     @property
     def num_samples(self) -> int:
         return len(self.dataset)
 
-    def set_epoch(self, epoch: int) -> None:
-        pass
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.sampler.set_epoch(epoch, start)
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -125,6 +142,28 @@ class FolderLoader:
         for raw, y in self.loader:
             raw = raw.to(self.device, non_blocking=True)
             yield Batch((raw - self.mean) / self.std, y.to(self.device, non_blocking=True), raw)
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """The order of an epoch from (seed, epoch) alone, from batch ``start`` on: a resumed run reads the same
+    samples in the same order. (Workers' augmentation draws are not replayed: a resumed folder run sees the
+    same images, differently cropped.)"""
+
+    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int):
+        self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def __len__(self) -> int:
+        return self.n - min(self.start * self.batch_size, self.n)
+
+    def __iter__(self):
+        gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.n, generator=gen) if self.shuffle else torch.arange(self.n)
+        start, self.start = self.start, 0
+        return iter(order[start * self.batch_size :].tolist())
 
 
 def _folder_loaders(cfg: DataConfig, device: torch.device, seed: int):

@@ -10,7 +10,8 @@ are created in the same order on every rank (DESIGN §4, Channels):
   thread and its sending main thread never share a group;
 - ``control``: gloo, collectives for start-up, epoch-end metrics and evaluation results;
 - ``stats``: gloo, point-to-point live metrics to rank 0 (kept apart from ``control`` because gloo
-  collectives number their tags from 0 too, and p2p tags must not collide with them).
+  collectives number their tags from 0 too, and p2p tags must not collide with them);
+- ``preempt``: gloo, a background thread's flag exchange (preemption.py), apart from the main thread's.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class Groups:
     links: tuple[dist.ProcessGroup, dist.ProcessGroup]
     control: dist.ProcessGroup
     stats: dist.ProcessGroup
+    preempt: dist.ProcessGroup
 
 
 def launched_by_torchrun() -> bool:
@@ -66,6 +68,7 @@ def init_distributed(timeout_s: float, data_parallel: bool = False) -> tuple[Top
         links=(dist.new_group(backend=backend, timeout=timeout), dist.new_group(backend=backend, timeout=timeout)),
         control=dist.new_group(backend="gloo", timeout=timeout),
         stats=dist.new_group(backend="gloo", timeout=timeout),
+        preempt=dist.new_group(backend="gloo", timeout=timeout),
     )
     dp = world if data_parallel else 1
     return Topology.of_world(world, rank, device, backend, local_rank, dp=dp), groups

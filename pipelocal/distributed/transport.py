@@ -1,7 +1,9 @@
 """Messages between adjacent stages: a fixed-size int64 header, then the tensors (DESIGN §4, Messages).
 
-Header layout (int64): ``[kind, step, valid_rows, num_tensors, (dtype, ndim, d0..d4) * MAX_TENSORS,
+Header layout (int64): ``[kind | halt << 8, step, valid_rows, num_tensors, (dtype, ndim, d0..d4) * MAX_TENSORS,
 labels * max_rows]``. Labels ride in the header so they can never drift from their activations.
+``halt`` marks a training message as the last before a preemption checkpoint (job.py): every stage trains
+it, then all of them stop at the same step without any collective on the way.
 
 Every message a stage will receive is known in advance (the :class:`StreamPlan` every rank derives
 from the same numbers), so receives are pre-posted into fixed buffers, ``queue_depth`` ahead, and
@@ -24,6 +26,7 @@ import torch.nn.functional as F
 MAX_TENSORS = 4
 MAX_DIMS = 5
 _FIXED = 4 + MAX_TENSORS * (2 + MAX_DIMS)
+HALT_BIT = 1 << 8
 DTYPE_CODES = {torch.float32: 1, torch.float16: 2, torch.bfloat16: 3, torch.int64: 4, torch.uint8: 5, torch.float64: 6}
 CODE_DTYPES = {v: k for k, v in DTYPE_CODES.items()}
 
@@ -69,6 +72,7 @@ class Header:
     valid: int
     metas: tuple[TensorMeta, ...]
     labels: torch.Tensor
+    halt: bool = False
 
 
 def pad_rows(t: torch.Tensor, rows: int, copy: bool = False) -> torch.Tensor:
@@ -83,12 +87,14 @@ def header_size(max_rows: int) -> int:
     return _FIXED + max_rows
 
 
-def encode_header(kind: Kind, step: int, valid: int, metas, labels: torch.Tensor, max_rows: int) -> torch.Tensor:
+def encode_header(
+    kind: Kind, step: int, valid: int, metas, labels: torch.Tensor, max_rows: int, halt: bool = False
+) -> torch.Tensor:
     # Built on the host. On CUDA, labels.to("cpu") below is a device-to-host sync point per message, and so
     # is decode_header's tolist(): free under gloo, a lost CPU run-ahead under NCCL. Known, not yet mended
     # (pinned buffers and a side-stream copy, or headers over the gloo control group, would remove it).
     header = torch.zeros(header_size(max_rows), dtype=torch.int64)
-    header[:4] = torch.tensor([int(kind), step, valid, len(metas)])
+    header[:4] = torch.tensor([int(kind) | (HALT_BIT if halt else 0), step, valid, len(metas)])
     for i, meta in enumerate(metas):
         base = 4 + i * (2 + MAX_DIMS)
         header[base] = DTYPE_CODES[meta.dtype]
@@ -100,7 +106,8 @@ def encode_header(kind: Kind, step: int, valid: int, metas, labels: torch.Tensor
 
 def decode_header(header: torch.Tensor) -> Header:
     values = header.tolist()
-    kind, step, valid, count = values[:4]
+    word, step, valid, count = values[:4]
+    kind, halt = word & (HALT_BIT - 1), bool(word & HALT_BIT)
     metas = []
     for i in range(min(count, MAX_TENSORS)):
         base = 4 + i * (2 + MAX_DIMS)
@@ -112,6 +119,7 @@ def decode_header(header: torch.Tensor) -> Header:
         valid,
         tuple(metas),
         header[_FIXED : _FIXED + max(valid, 0)].clone(),
+        halt,
     )
 
 
@@ -160,6 +168,7 @@ class Sender:
         tensors: list[torch.Tensor],
         labels: torch.Tensor,
         metas: tuple[TensorMeta, ...],
+        halt: bool = False,
     ) -> None:
         """Send one message; the tensors must not be modified until it completes (they are kept here)."""
         for t, meta in zip(tensors, metas, strict=True):
@@ -170,7 +179,7 @@ class Sender:
                 )
         while len(self._outstanding) >= self.depth:
             self._wait_oldest()
-        header = encode_header(kind, step, valid, metas, labels, self.max_rows).to(self.device)
+        header = encode_header(kind, step, valid, metas, labels, self.max_rows, halt).to(self.device)
         works = [dist.isend(header, self.dst, group=self.group)]
         works += [dist.isend(t, self.dst, group=self.group) for t in tensors]
         self._outstanding.append((works, (header, tensors)))

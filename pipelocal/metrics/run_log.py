@@ -29,7 +29,9 @@ from pipelocal.metrics.summary import RunSummary
 class RunLog:
     """One per rank. ``control`` and ``stats`` are the gloo groups (None with one process)."""
 
-    def __init__(self, cfg, topo: Topology, console: Console, run_dir: Path, control=None, stats_group=None):
+    def __init__(
+        self, cfg, topo: Topology, console: Console, run_dir: Path, control=None, stats_group=None, history=()
+    ):
         self.cfg, self.topo, self.console, self.run_dir, self.control = cfg, topo, console, Path(run_dir), control
         self.every = (cfg.pipeline.live_every or cfg.metrics.log_every) if topo.distributed else cfg.metrics.log_every
         coordinator, distributed = topo.is_coordinator, topo.distributed
@@ -37,7 +39,7 @@ class RunLog:
         self.reporter = LiveReporter(stats_group) if distributed and not coordinator else None
         self.log = JsonlWriter(self.run_dir / "metrics.jsonl") if coordinator else None
         self.live = JsonlWriter(self.run_dir / "live.jsonl") if coordinator else None
-        self.history: list[EpochRecord] = []
+        self.history = [EpochRecord.from_dict(r) for r in history]  # epochs before a resume (from the checkpoint)
 
     @contextmanager
     def epoch(self, epoch: int, steps: int, start: float, waits):

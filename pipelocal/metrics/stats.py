@@ -235,9 +235,11 @@ def _stage_epoch(values: dict) -> StageEpoch:
 
 
 def read_epochs(run_dir) -> list[EpochRecord]:
-    """The epoch lines of a run's ``metrics.jsonl``."""
+    """The epoch lines of a run's ``metrics.jsonl``, one per epoch: a resumed run appends, and an epoch it
+    ran again (after the checkpoint it resumed from) replaces the earlier line."""
     lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
-    return [EpochRecord.from_dict(r) for r in map(json.loads, lines) if r.get("kind") == "epoch"]
+    epochs = {r["epoch"]: r for r in map(json.loads, lines) if r.get("kind") == "epoch"}
+    return [EpochRecord.from_dict(epochs[e]) for e in sorted(epochs)]
 
 
 def accuracies(correct: list[int], total: int) -> dict:

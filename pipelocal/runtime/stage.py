@@ -7,6 +7,7 @@ import copy
 import torch
 from torch import nn
 
+from pipelocal import checkpoint
 from pipelocal.config import JobConfig
 from pipelocal.metrics.memory import SavedTensorMeter, static_bytes
 from pipelocal.optim import build_optimizers
@@ -75,6 +76,44 @@ class Stage:
             for i, m in zip(self.indices, self.modules)
             for k, v in m.state_dict().items()
         }
+
+    def checkpoint_state(self) -> dict[str, torch.Tensor]:
+        """This stage's keys of a checkpoint (pipelocal/checkpoint.py): the live tensors, under full-net names."""
+        state = {}
+        for i, module, opt in zip(self.indices, self.modules, self.optimizers):
+            state |= {f"model.local_modules.{i}.{k}": v for k, v in module.state_dict().items()}
+            names = {p: n for n, p in module.named_parameters()}
+            for p, entries in opt.state.items():
+                state |= {
+                    f"optim.local_modules.{i}.{names[p]}.{k}": v for k, v in entries.items() if torch.is_tensor(v)
+                }
+        for u, unit in self.copies.items():
+            state |= {f"ema.unit{u}.{k}": v for k, v in unit.state_dict().items()}
+        return state
+
+    def load_checkpoint(self, path, group=None) -> None:
+        """Fill this stage's modules, optimizer state and unit copies from checkpoint ``path``, whatever the
+        stage layout it was written with. A different network is refused, naming the keys that differ."""
+        stored = checkpoint.stored_metadata(path)
+        want = {}
+        for i, module, opt in zip(self.indices, self.modules, self.optimizers):
+            own = {f"model.local_modules.{i}.{k}": v for k, v in module.state_dict().items()}
+            checkpoint.check_keys(path, own, stored, f"model.local_modules.{i}.")
+            want |= own
+            params = dict(module.named_parameters())
+            prefix = f"optim.local_modules.{i}."
+            for key, (shape, dtype) in stored.items():
+                if key.startswith(prefix) and shape is not None:
+                    name, entry = key[len(prefix) :].rsplit(".", 1)
+                    tensor = torch.empty(shape, dtype=dtype, device=self.device if shape else "cpu")
+                    opt.state[params[name]][entry] = want[key] = tensor
+        for u, unit in self.copies.items():
+            # Saved beside the follower (a pipeline run), else the owner's unit itself (saved in one process).
+            start, i = next((a, i) for i, (a, b) in enumerate(self.module_units) if a <= u < b)
+            for k, v in unit.state_dict().items():
+                key = f"ema.unit{u}.{k}"
+                want[key if key in stored else f"model.local_modules.{i}.body.{u - start}.{k}"] = v
+        checkpoint.load(path, want, group)
 
 
 def _followed(module) -> list[int]:

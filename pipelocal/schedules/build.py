@@ -44,7 +44,7 @@ def build_stage_loop(cfg, topo: Topology, groups: Groups | None, setup: dict, lo
     per_stage = cfg.pipeline.modules_per_stage if topo.num_stages > 1 else None  # says how P > 1 stages share
     ranges = stage_ranges(net.num_modules, topo.num_stages, per_stage)
     stage = Stage(net, ranges[topo.stage_index], cfg, topo.device)
-    plan = Plan.build(cfg, setup["train_len"], setup["test_len"])
+    plan = Plan.build(cfg, setup["train_len"], setup["test_len"], setup["start_step"])
     slow = cfg.pipeline.slowdown.stage
     if slow is not None and not 0 <= slow < topo.num_stages:
         raise ConfigError(f"pipeline.slowdown.stage={slow}, but the pipeline has stages 0..{topo.num_stages - 1}")

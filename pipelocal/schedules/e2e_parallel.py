@@ -41,19 +41,22 @@ from pipelocal.split import stage_ranges
 class _Strategy:
     """What the E2E strategies share: the data of an epoch, one optimizer step per batch."""
 
-    def __init__(self, stage: Stage, plan: Plan, rank: int, loaders):
+    def __init__(self, stage: Stage, plan: Plan, rank: int, loaders, control):
         self.stage, self.plan, self.stage_index, self.rank = stage, plan, rank, rank
         self.train_loader, self.test_loader = loaders
+        self.control = control
         self._batches = None
+        self.halt_requested = lambda: False  # set by the trainer: has a preemption been asked for?
+        self.halting = False
 
     @property
     def steps_per_epoch(self) -> int:
         return len(self.plan.train_rows)
 
-    def start_epoch(self, epoch: int) -> None:
+    def start_epoch(self, epoch: int, start: int = 0) -> None:
         self.stage.set_mode(True)
         if self.train_loader is not None:
-            self.train_loader.set_epoch(epoch)
+            self.train_loader.set_epoch(epoch, start)
             self._batches = iter(self.train_loader)
 
     def step(self, t: int, stats) -> StepResult:
@@ -67,10 +70,23 @@ class _Strategy:
         for opt in self.stage.optimizers:
             opt.step()
         rows = self.plan.train_rows[t % len(self.plan.train_rows)]
+        # Every rank steps in lockstep, so they agree on a preemption with one small gloo all-reduce.
+        flag = torch.tensor([int(self.halt_requested())])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.control)
+        self.halting = bool(flag)
         return StepResult(None, [loss], [meter.peak if meter else 0], rows=rows)
 
     def end_epoch(self, epoch: int, now: int, stats) -> None:
         pass
+
+    def drain(self, now: int, stats) -> None:
+        pass  # nothing is in flight between steps
+
+    def checkpoint_state(self) -> dict:
+        return self.stage.checkpoint_state()  # replicas write the same keys once (DCP keeps one copy)
+
+    def load_checkpoint(self, path, group) -> None:
+        self.stage.load_checkpoint(path, group)
 
     def waits(self) -> tuple[float, float]:
         return 0.0, 0.0  # communication happens inside DDP / the pipelining schedule; not split out here
@@ -84,8 +100,8 @@ class _Strategy:
 
 class DDPLoop(_Strategy):
     def __init__(self, stage: Stage, plan: Plan, rank: int, world: int, loaders, control):
-        super().__init__(stage, plan, rank, loaders)
-        self.world, self.control = world, control
+        super().__init__(stage, plan, rank, loaders, control)
+        self.world = world
         module = stage.modules[0]
         self.ddp = DistributedDataParallel(_WholeNet(module), device_ids=_device_ids(stage.device))
 
@@ -123,11 +139,11 @@ class DDPLoop(_Strategy):
 class PipeliningLoop(_Strategy):
     """GPipe or 1F1B over this rank's stage, with torch.distributed.pipelining."""
 
-    def __init__(self, cfg, stage: Stage, plan: Plan, rank: int, world: int, loaders, schedule_cls, group):
-        super().__init__(stage, plan, rank, loaders)
+    def __init__(self, cfg, stage: Stage, plan: Plan, rank: int, world: int, loaders, schedule_cls, groups):
+        super().__init__(stage, plan, rank, loaders, groups.control)
         self.is_first, self.is_last = rank == 0, rank == world - 1
         self.module = _StageModule(stage.modules, self.is_last)
-        pipe_stage = PipelineStage(self.module, rank, world, stage.device, group=group)
+        pipe_stage = PipelineStage(self.module, rank, world, stage.device, group=groups.forward)
         self.schedule = schedule_cls(pipe_stage, n_microbatches=cfg.pipeline.microbatches, loss_fn=_loss)
 
     def train_step(self, batch) -> torch.Tensor:
@@ -210,7 +226,7 @@ def _device_ids(device: torch.device):
 def build_ddp_loop(cfg, topo, groups, setup, loaders):
     """Every rank a replica of the whole net (``topo.dp`` = the world size)."""
     stage = _whole_stage(cfg, setup, topo, (0, 1))
-    plan = Plan.build(cfg, setup["train_len"], setup["test_len"])
+    plan = Plan.build(cfg, setup["train_len"], setup["test_len"], setup["start_step"])
     loaders = loaders or build_loaders(cfg.data, topo.device, cfg.train.seed)[:2]
     return DDPLoop(stage, plan, topo.replica, topo.dp, loaders, groups.control)
 
@@ -222,12 +238,10 @@ def _pipelining_builder(schedule_cls):
         stage = Stage(net, ranges[topo.stage_index], cfg, topo.device)
         # Evaluation goes through the same fixed microbatch shapes: batches of the training size.
         data = replace(cfg.data, eval_batch_size=cfg.data.batch_size, drop_last=True)
-        plan = Plan.build(replace(cfg, data=data), setup["train_len"], setup["test_len"])
+        plan = Plan.build(replace(cfg, data=data), setup["train_len"], setup["test_len"], setup["start_step"])
         needs_data = topo.is_first_stage or topo.is_last_stage
         loaders = build_loaders(data, topo.device, cfg.train.seed)[:2] if needs_data else (None, None)
-        return PipeliningLoop(
-            cfg, stage, plan, topo.stage_index, topo.num_stages, loaders, schedule_cls, groups.forward
-        )
+        return PipeliningLoop(cfg, stage, plan, topo.stage_index, topo.num_stages, loaders, schedule_cls, groups)
 
     return build
 

@@ -37,10 +37,12 @@ class ForwardIn:
 
     def __init__(self, receiver: Receiver):
         self.receiver = receiver
+        self.halt = False  # the last message received was marked as the last before a preemption checkpoint
 
     def recv(self) -> tuple[Batch, int]:
         """The next message as a batch, and its staleness (how many later ones have already landed)."""
         header, tensors, staleness = self.receiver.recv()
+        self.halt = header.halt
         return batch_of(header, tensors), staleness
 
     def stop(self) -> None:
@@ -81,9 +83,9 @@ class ForwardOut(_Outbound):
         self.metas = metas
         self.rows = {Kind.DATA: batch_size, Kind.GUIDE: batch_size, Kind.EVAL: eval_batch_size}
 
-    def send(self, kind: Kind, step: int, batch: Batch, h: torch.Tensor) -> None:
+    def send(self, kind: Kind, step: int, batch: Batch, h: torch.Tensor, halt: bool = False) -> None:
         tensors = self._tensors(batch, h, self.rows[kind], with_context=kind != Kind.EVAL)
-        self.sender.send(kind, step, len(batch), tensors, batch.y, self.metas[kind])
+        self.sender.send(kind, step, len(batch), tensors, batch.y, self.metas[kind], halt)
 
 
 class ReplayOut(_Outbound):

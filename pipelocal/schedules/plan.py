@@ -25,9 +25,10 @@ class Plan:
     eval_rows: tuple[int, ...]  # per step of one evaluation
     eval_epochs: tuple[int, ...]
     guides: tuple = ()  # per global training step: its Guide, or None
+    start: int = 0  # the first training step of this job (a resumed run starts where its checkpoint was taken)
 
     @classmethod
-    def build(cls, cfg, train_len: int, test_len: int) -> Plan:
+    def build(cls, cfg, train_len: int, test_len: int, start: int = 0) -> Plan:
         train = _rows(train_len, cfg.data.batch_size, cfg.data.drop_last)[: cfg.train.max_steps or None]
         epochs, every = cfg.train.epochs, cfg.train.eval_every
         evals = tuple(e for e in range(epochs) if (e + 1) % every == 0 or e + 1 == epochs)
@@ -41,21 +42,37 @@ class Plan:
             _rows(test_len, cfg.data.eval_batch_size, False),
             evals,
             guides,
+            start,
         )
 
     def train_kind(self, step: int) -> Kind:
         return Kind.GUIDE if self.guides[step] is not None else Kind.DATA
 
     def train_steps(self) -> list[tuple[int, int]]:
-        """(global step, valid rows) of every training step of the run."""
-        return [(e * len(self.train_rows) + i, r) for e in range(self.epochs) for i, r in enumerate(self.train_rows)]
+        """(global step, valid rows) of every training step of this job (from ``start``)."""
+        steps = [(e * len(self.train_rows) + i, r) for e in range(self.epochs) for i, r in enumerate(self.train_rows)]
+        return steps[self.start :]
+
+    @property
+    def start_epoch(self) -> int:
+        return self.start // len(self.train_rows)
+
+    @property
+    def eval_steps_before(self) -> int:
+        """Evaluation messages of the epochs before ``start_epoch`` (their numbering goes on across a resume)."""
+        return sum(len(self.eval_rows) for e in self.eval_epochs if e < self.start_epoch)
 
     def messages(self) -> list[tuple[Kind, int, int]]:
-        """Every message in order: (kind, step, valid rows); DATA/GUIDE steps count across epochs."""
-        out, eval_step = [], 0
-        for epoch in range(self.epochs):
+        """Every message of this job in order: (kind, step, valid rows); DATA/GUIDE steps count across epochs.
+        A resumed job's start after its checkpoint: an epoch's evaluation belongs to it if the epoch does."""
+        out, eval_step = [], self.eval_steps_before
+        for epoch in range(self.start_epoch, self.epochs):
             base = epoch * len(self.train_rows)
-            out += [(self.train_kind(base + i), base + i, r) for i, r in enumerate(self.train_rows)]
+            out += [
+                (self.train_kind(base + i), base + i, r)
+                for i, r in enumerate(self.train_rows)
+                if base + i >= self.start
+            ]
             if epoch in self.eval_epochs:
                 out += [(Kind.EVAL, eval_step + j, r) for j, r in enumerate(self.eval_rows)]
                 eval_step += len(self.eval_rows)

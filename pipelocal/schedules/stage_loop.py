@@ -12,6 +12,7 @@ Sequential mode is this loop with one stage holding all K modules and no links; 
 from __future__ import annotations
 
 import os
+import signal
 import time
 
 import torch
@@ -31,7 +32,9 @@ class StageLoop:
         self.stage, self.plan, self.stage_index, self.links = stage, plan, stage_index, links
         self.train_loader, self.test_loader = loaders or (None, None)
         self._batches = None
-        self._eval_step = 0
+        self._eval_step = plan.eval_steps_before  # EVAL messages are numbered across the run, a resume included
+        self.halt_requested = lambda: False  # set by the trainer: has a preemption been asked for?
+        self.halting = False  # the step just taken is the last before a preemption checkpoint
         self._fault = injected_fault(stage_index)
         slow = cfg.pipeline.slowdown
         self.slowdown = slow.factor if slow.stage == stage_index and slow.factor > 1 else 1.0
@@ -41,10 +44,11 @@ class StageLoop:
         """Training steps of an epoch; None: a replay consumer trains until its producer's epoch is over."""
         return None if self.links.replay_in is not None else len(self.plan.train_rows)
 
-    def start_epoch(self, epoch: int) -> None:
+    def start_epoch(self, epoch: int, start: int = 0) -> None:
+        """Epoch ``epoch`` from its step ``start`` on (not 0: a resumed run)."""
         self.stage.set_mode(True)
         if self.train_loader is not None:
-            self.train_loader.set_epoch(epoch)
+            self.train_loader.set_epoch(epoch, start)
             self._batches = iter(self.train_loader)
         if self.links.replay_in is not None:
             self.links.replay_in.start_epoch()
@@ -59,6 +63,9 @@ class StageLoop:
         batch = self._next_input(stats)
         if batch is None:
             return None
+        # A preemption stops every stage after the same step: the first decides, the mark travels with the data.
+        forward_in = self.links.forward_in
+        self.halting = forward_in.halt if forward_in is not None else self.links.planned and self.halt_requested()
         guide = self.plan.guides[t] if self.links.planned else None
         busy, grad_wait = time.perf_counter(), stats.grad_wait_s
         step = self.stage.begin(net_spans(self.stage.method, guide))
@@ -90,8 +97,8 @@ class StageLoop:
         if self.links.replay_out is not None:
             return lambda h: self.links.replay_out.send(batch, h)
         if self.links.forward_out is not None:
-            kind = self.plan.train_kind(t)
-            return lambda h: self.links.forward_out.send(kind, t, batch, h)
+            kind, halt = self.plan.train_kind(t), self.halting
+            return lambda h: self.links.forward_out.send(kind, t, batch, h, halt)
         return None
 
     def _straggle(self, stats, since: float) -> None:
@@ -121,6 +128,13 @@ class StageLoop:
         if self.links.replay_in is not None:
             self.links.replay_in.end_epoch(stats)
 
+    def drain(self, now: int, stats) -> None:
+        """Mid-epoch checkpoint: apply every gradient still in flight and finish every send (a drain point)."""
+        if self.links.grads is not None:
+            self.links.grads.end_epoch(now, stats)
+        if self.links.ema is not None:
+            self.links.ema.flush()
+
     def waits(self) -> tuple[float, float]:
         return self.links.waits()
 
@@ -143,14 +157,21 @@ class StageLoop:
     def state_dict(self) -> dict:
         return self.stage.state_dict()
 
+    def checkpoint_state(self) -> dict:
+        return self.stage.checkpoint_state()
+
+    def load_checkpoint(self, path, group) -> None:
+        self.stage.load_checkpoint(path, group)
+
     def stop(self) -> None:
         self.links.stop()
 
 
 def injected_fault(stage_index: int) -> tuple[int, str] | None:
-    """Test hook: ``PIPELOCAL_INJECT_FAULT=stage:step:raise|hang`` makes that stage fail at that step."""
+    """Test hook: ``PIPELOCAL_INJECT_FAULT=stage:step:raise|hang|kill`` makes that stage fail at that step
+    (``kill``: SIGKILL itself), in a job's first attempt only (a torchrun restart runs clean)."""
     spec = os.environ.get("PIPELOCAL_INJECT_FAULT")
-    if not spec:
+    if not spec or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
         return None
     stage, step, kind = spec.split(":")
     return (int(step), kind) if int(stage) == stage_index else None
@@ -159,4 +180,6 @@ def injected_fault(stage_index: int) -> tuple[int, str] | None:
 def _inject(kind: str, stage_index: int, step: int) -> None:
     if kind == "hang":
         time.sleep(10**6)
+    if kind == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
     raise RuntimeError(f"injected fault on stage {stage_index} at step {step} (PIPELOCAL_INJECT_FAULT)")

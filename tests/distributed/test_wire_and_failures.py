@@ -95,7 +95,7 @@ def test_a_stuck_stage_surfaces_as_an_error_within_the_timeout(tmp_path):
         "--data.synthetic_train=2000",
         "--pipeline.timeout_s=5",
         f"--metrics.out_dir={tmp_path}",
-        env={"PIPELOCAL_INJECT_FAULT": "1:2:hang"},
+        env={"PIPELOCAL_INJECT_FAULT": "1:2:hang", "PIPELOCAL_PREEMPT_GRACE_S": "5"},
     )
     assert out.returncode != 0
     assert seconds < 40, f"took {seconds:.0f}s"
