@@ -102,7 +102,7 @@ def prepare(cfg: JobConfig, topo: Topology, groups, console: Console):
         meta = checkpoint.read_meta(resume) if resume else None
         if meta is not None:
             check_resumable(cfg, meta, resume)
-            ranges = [tuple(r) for r in meta["ranges"]]
+            ranges = [tuple(r) for r in meta["ranges"]] if meta["ranges"] is not None else None
             console.print(f"resuming from {resume} (step {meta['step']}, epoch {meta['epoch'] + 1})")
         else:
             ranges, split_line = split_for(cfg, info, topo.device)  # profiled once, here, so every rank agrees

@@ -53,14 +53,15 @@ def init_distributed(timeout_s: float, data_parallel: bool = False) -> tuple[Top
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
     timeout = timedelta(seconds=timeout_s)
+    store = job_store(rank, world, timeout)
     if torch.cuda.is_available():
         device, backend = torch.device("cuda", local_rank), "nccl"
         torch.cuda.set_device(device)
         # device_id makes NCCL form its communicator eagerly, so a bad setup fails here.
-        dist.init_process_group(backend, timeout=timeout, device_id=device)
+        dist.init_process_group(backend, timeout=timeout, device_id=device, store=store, rank=rank, world_size=world)
     else:
         device, backend = torch.device("cpu"), "gloo"
-        dist.init_process_group(backend, timeout=timeout)
+        dist.init_process_group(backend, timeout=timeout, store=store, rank=rank, world_size=world)
     groups = Groups(
         forward=dist.new_group(backend=backend, timeout=timeout),
         backward=dist.new_group(backend=backend, timeout=timeout),
@@ -72,6 +73,16 @@ def init_distributed(timeout_s: float, data_parallel: bool = False) -> tuple[Top
     )
     dp = world if data_parallel else 1
     return Topology.of_world(world, rank, device, backend, local_rank, dp=dp), groups
+
+
+def job_store(rank: int, world: int, timeout: timedelta) -> dist.Store:
+    """torchrun's key-value store, under a prefix per restart attempt. torchrun keeps one store across the
+    restarts of ``--max-restarts``; without the prefix a restarted group can read the addresses the failed
+    attempt published and fail to connect (seen here with gloo: "connectFullMesh failed ... Connection refused")."""
+    host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    agent_hosts_it = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(host, port, world, is_master=rank == 0 and not agent_hosts_it, timeout=timeout)
+    return dist.PrefixStore(f"pipelocal/attempt{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/", store)
 
 
 def destroy_distributed() -> None:

@@ -118,7 +118,9 @@ class RunSummary:
 
     @classmethod
     def of(cls, cfg_dict: dict, history: list[EpochRecord], module_units, backend: str, device: str, threads: int):
-        per_stage = [StageSummary.of([h.stages[s] for h in history]) for s in range(len(history[0].stages))]
+        # Per-stage figures over the epochs of this layout (a resume may have changed the number of stages).
+        layout = [h for h in history if len(h.stages) == len(history[-1].stages)]
+        per_stage = [StageSummary.of([h.stages[s] for h in layout]) for s in range(len(layout[0].stages))]
         evaluated = [h for h in history if h.test_top1 is not None]
         best = max(evaluated, key=lambda h: h.test_top1, default=None)  # the first of equal bests
         saved = [b for s in per_stage for b in s.saved_bytes_peak]

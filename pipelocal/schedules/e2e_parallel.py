@@ -83,7 +83,7 @@ class _Strategy:
         pass  # nothing is in flight between steps
 
     def checkpoint_state(self) -> dict:
-        return self.stage.checkpoint_state()  # replicas write the same keys once (DCP keeps one copy)
+        return self.stage.checkpoint_state()
 
     def load_checkpoint(self, path, group) -> None:
         self.stage.load_checkpoint(path, group)
@@ -134,6 +134,11 @@ class DDPLoop(_Strategy):
 
     def state_dict(self) -> dict | None:
         return self.stage.state_dict() if self.rank == 0 else None  # every replica holds the same weights
+
+    def checkpoint_state(self) -> dict:
+        # Replica 0's: the weights are the same everywhere, BatchNorm statistics are not (DDP broadcasts rank
+        # 0's buffers before each forward, so theirs are the ones the next step uses).
+        return self.stage.checkpoint_state() if self.rank == 0 else {}
 
 
 class PipeliningLoop(_Strategy):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -29,20 +30,34 @@ TINY = [
 ]
 
 
-def torchrun(nproc: int, *args: str, env: dict | None = None, timeout: float = 120):
-    """Returns (completed process, seconds). Output is captured; the job gets a fresh port."""
-    cmd = [
+def torchrun_command(nproc: int, *args: str, max_restarts: int = 0, target: tuple = ("-m", "pipelocal.run")):
+    return [
         sys.executable,
         "-m",
         "torch.distributed.run",
         f"--nproc_per_node={nproc}",
         "--standalone",
-        "--max-restarts=0",
-        "-m",
-        "pipelocal.run",
+        f"--max-restarts={max_restarts}",
+        *target,
         *args,
     ]
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+
+
+def job_env(env: dict | None = None) -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+
+
+def torchrun(nproc: int, *args: str, env: dict | None = None, timeout: float = 120, **launch):
+    """Returns (completed process, seconds). Output is captured; the job gets a fresh port."""
+    cmd = torchrun_command(nproc, *args, **launch)
     start = time.perf_counter()
-    out = subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
+    out = subprocess.run(cmd, cwd=ROOT, env=job_env(env), capture_output=True, text=True, timeout=timeout)
     return out, time.perf_counter() - start
+
+
+def torchrun_runs(nproc: int, runs: list[list[str]], folder: Path, timeout: float = 300):
+    """Several runs one after another in one torchrun job (one start-up for all: runs_worker.py)."""
+    spec = Path(folder) / "runs.json"
+    spec.write_text(json.dumps(runs))
+    worker = str(Path(__file__).with_name("runs_worker.py"))
+    return torchrun(nproc, str(spec), timeout=timeout, target=(worker,))
