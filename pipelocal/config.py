@@ -264,8 +264,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """Defaults, then the YAML file, then ``--section.key=value`` overrides; validated."""
     cfg = JobConfig()
     if path is not None:
-        text = Path(path).read_text()
-        values = yaml.safe_load(text) or {}
+        try:
+            text = Path(path).read_text()
+        except OSError as err:
+            raise ConfigError(f"config file {path}: {err.strerror} (check the --config path)") from err
+        try:
+            values = yaml.safe_load(text) or {}
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f", line {mark.line + 1} column {mark.column + 1}" if mark else ""
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ConfigError(f"config file {path}{where}: YAML syntax error: {problem}") from err
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: expected a mapping of sections, got {type(values).__name__}")
         _merge(cfg, values, prefix="")

@@ -57,3 +57,12 @@ def test_a_shipped_config_runs(tmp_path):
 def test_default_job_without_torchrun_says_how_to_start_it():
     out = _run()
     assert out.returncode == 2 and "torchrun --nproc_per_node=4 -m pipelocal.run" in out.stderr
+
+
+def test_a_missing_or_broken_config_file_is_one_error_line(tmp_path):
+    out = _run("--config", str(tmp_path / "nope.yaml"))
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "nope.yaml" in out.stderr
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("train:\n  epochs: [1, 2\nmodel: {}\n")
+    out = _run("--config", str(broken))
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "broken.yaml, line 3" in out.stderr, out.stderr
