@@ -247,7 +247,8 @@ class Saver:
                 "step": step,
                 "epoch": epoch,
                 "steps_per_epoch": len(strategy.plan.train_rows),
-                "ranges": self.ranges,
+                "ranges": self.ranges,  # as the job gave them to build_local_net (None: from the config)
+                "module_units": strategy.stage.module_units,  # every module's [first, last) units
                 "stages": topo.num_stages,
                 "replicas": topo.dp,
                 "history": [record.to_dict() for record in history],

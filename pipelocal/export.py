@@ -53,7 +53,7 @@ def export_backbone(path: str | Path, out: str | Path | None = None, say=print) 
     """Write the backbone of the newest intact checkpoint at ``path``; default ``backbone.pt`` in the run dir."""
     ckpt = resolve(path, say)
     meta, cfg = read_meta(ckpt), config_of(ckpt)
-    state = backbone_names(load_model_state(ckpt), meta.get("ranges"))
+    state = backbone_names(load_model_state(ckpt), meta.get("module_units") or meta.get("ranges"))
     # The input channels and classes are in the weights; the stem's first conv and the classifier's Linear.
     in_channels = next(v.shape[1] for k, v in state.items() if k.startswith("units.0.") and v.ndim == 4)
     num_classes = next(v.shape[0] for k, v in state.items() if k.startswith("classifier.") and v.ndim == 2)
@@ -82,7 +82,7 @@ def evaluate_checkpoint(path: str | Path, device: str = "cpu", say=print) -> lis
     meta, cfg = read_meta(ckpt), config_of(ckpt)
     device = torch.device(device)
     _, test_loader, info = build_loaders(cfg.data, device, cfg.train.seed)
-    net = build_local_net(cfg, info, meta.get("ranges"))
+    net = build_local_net(cfg, info, meta.get("module_units") or meta.get("ranges"))
     try:
         net.load_state_dict(load_model_state(ckpt), strict=True)
     except RuntimeError as err:

@@ -43,6 +43,7 @@ class Preemption:
         self.local = False  # a signal reached this process
         self.remote = False  # ... or another one
         self._done = False
+        self._timer: threading.Timer | None = None  # after a signal: the grace period to reach a common step
         self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
         self._thread = None
         if group is not None:
@@ -58,9 +59,9 @@ class Preemption:
             print(f"stage {self.stage_index}: {name} again: exiting without a checkpoint", file=sys.stderr, flush=True)
             os._exit(128 + signum)
         self.local = True
-        timer = threading.Timer(GRACE_S, _give_up, (self.stage_index, name))
-        timer.daemon = True
-        timer.start()
+        self._timer = threading.Timer(GRACE_S, _give_up, (self.stage_index, name))
+        self._timer.daemon = True
+        self._timer.start()
         print(
             f"stage {self.stage_index}: {name}: every stage stops after a common step, writes a checkpoint and exits "
             f"with code {PREEMPTED} (send it again to exit at once)",
@@ -92,6 +93,8 @@ class Preemption:
         """On the way out after an error or a preemption: the old handlers back, no waiting for the others
         (a dead or stuck peer would never finish the flag exchange)."""
         self._done = True
+        if self._timer is not None:
+            self._timer.cancel()  # the checkpoint is written (or an error is on its way out)
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 

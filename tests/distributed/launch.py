@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 # Jobs without --config start from configs/default.yaml; the in-process references from the dataclass
@@ -61,3 +63,18 @@ def torchrun_runs(nproc: int, runs: list[list[str]], folder: Path, timeout: floa
     spec.write_text(json.dumps(runs))
     worker = str(Path(__file__).with_name("runs_worker.py"))
     return torchrun(nproc, str(spec), timeout=timeout, target=(worker,))
+
+
+def runs_fixture(nproc: int, cases: dict[str, list[str]], timeout: float = 600):
+    """A module-scoped fixture: every case (run name -> arguments) at ``nproc`` processes, in one torchrun job;
+    it returns the folder holding each run's directory under its name."""
+
+    @pytest.fixture(scope="module")
+    def runs(tmp_path_factory):
+        out = tmp_path_factory.mktemp(f"runs-p{nproc}")
+        specs = [[*args, f"--metrics.out_dir={out}", f"--metrics.run_name={name}"] for name, args in cases.items()]
+        done, _ = torchrun_runs(nproc, specs, out, timeout)
+        assert done.returncode == 0, done.stderr[-4000:]
+        return out
+
+    return runs

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pipelocal.checkpoint import load_merged
-from tests.distributed.launch import TINY, torchrun
+from tests.distributed.launch import TINY, runs_fixture, torchrun
 from tests.distributed.test_pipeline import sequential_state
 
 # GroupNorm: BatchNorm's batch statistics differ per replica (DDP) and per microbatch (GPipe) by design.
@@ -16,20 +16,32 @@ E2E = ["--method.name=e2e", "--model.norm=group"]
 CASES = [("ddp", 2), ("ddp", 4), ("gpipe", 2), ("gpipe", 4), ("1f1b", 2), ("1f1b", 4)]
 
 
+def _overrides(mode: str, nproc: int) -> list[str]:
+    return [*E2E, f"--split.num_modules={1 if mode == 'ddp' else nproc}"]
+
+
+def _cases(nproc: int) -> dict[str, list[str]]:
+    runs = {f"{m}-P{p}": [*TINY, f"--mode={m}", *_overrides(m, p)] for m, p in CASES if p == nproc}
+    if nproc == 2:  # two epochs, evaluation after each, a partial last test batch (100 = 3 x 32 + 4)
+        runs |= {
+            f"{m}-epochs": [*TINY, f"--mode={m}", *E2E, "--split.num_modules=2", "--train.epochs=2"]
+            for m in ("ddp", "1f1b")
+        }
+    return runs
+
+
+runs_p2, runs_p4 = runs_fixture(2, _cases(2)), runs_fixture(4, _cases(4))
+
+
 @pytest.mark.parametrize("mode, nproc", CASES, ids=[f"{m}-P{p}" for m, p in CASES])
-def test_baseline_equals_single_process_backprop(tmp_path, mode, nproc):
-    modules = 1 if mode == "ddp" else nproc
-    overrides = [*E2E, f"--split.num_modules={modules}"]
-    out, _ = torchrun(
-        nproc, *TINY, f"--mode={mode}", *overrides, f"--metrics.out_dir={tmp_path}", "--metrics.run_name=b"
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    trained = load_merged(tmp_path / "b")
-    reference = sequential_state(overrides)  # method e2e in one process: plain backprop (tests/test_trainer.py)
+def test_baseline_equals_single_process_backprop(request, mode, nproc):
+    run = request.getfixturevalue(f"runs_p{nproc}") / f"{mode}-P{nproc}"
+    trained = load_merged(run)
+    reference = sequential_state(_overrides(mode, nproc))  # method e2e in one process: plain backprop
     assert trained.keys() == reference.keys()
     for name, value in reference.items():
         assert torch.allclose(trained[name], value, atol=1e-5, rtol=1e-4), name
-    summary = json.loads((tmp_path / "b" / "summary.json").read_text())
+    summary = json.loads((run / "summary.json").read_text())
     assert summary["mode"] == mode and summary["final_top1"] is not None
 
 
@@ -39,18 +51,7 @@ def test_baselines_reject_local_methods(tmp_path):
 
 
 @pytest.mark.parametrize("mode", ["ddp", "1f1b"])
-def test_baselines_train_and_evaluate_over_several_epochs(tmp_path, mode):
+def test_baselines_train_and_evaluate_over_several_epochs(runs_p2, mode):
     """Two epochs, evaluation after each, a partial last test batch (100 = 3 x 32 + 4)."""
-    out, _ = torchrun(
-        2,
-        *TINY,
-        f"--mode={mode}",
-        *E2E,
-        "--split.num_modules=2",
-        "--train.epochs=2",
-        f"--metrics.out_dir={tmp_path}",
-        "--metrics.run_name=b",
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    epochs = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    epochs = [json.loads(line) for line in (runs_p2 / f"{mode}-epochs" / "metrics.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in epochs] == [0, 1] and all(0 <= e["test_top1"] <= 1 for e in epochs)

@@ -10,22 +10,12 @@ from pipelocal.checkpoint import load_merged
 from pipelocal.data import build_loaders
 from pipelocal.runtime import build_local_net
 from tests.conftest import tiny_config
-from tests.distributed.launch import TINY, torchrun
+from tests.distributed.launch import TINY, runs_fixture
 from tests.distributed.test_pipeline import sequential_state
 
 
-def _run(tmp_path, nproc, *overrides, timeout=180):
-    out, _ = torchrun(
-        nproc,
-        *TINY,
-        "--mode=pipeline",
-        *overrides,
-        f"--metrics.out_dir={tmp_path}",
-        "--metrics.run_name=p",
-        timeout=timeout,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads((tmp_path / "p" / "summary.json").read_text())
+def _summary(out, name: str) -> dict:
+    return json.loads((out / name / "summary.json").read_text())
 
 
 def _assert_same(piped: dict, reference: dict) -> None:
@@ -45,25 +35,47 @@ SYNC = [
 ]
 
 
-@pytest.mark.parametrize("method, nproc, k, extra", SYNC, ids=[f"{c[0]}-P{c[1]}-K{c[2]}-{len(c[3])}" for c in SYNC])
-def test_sync_cross_stage_gradients_equal_sequential(tmp_path, method, nproc, k, extra):
+def _sync(method, k, extra) -> list[str]:
+    return [f"--method.name={method}", f"--split.num_modules={k}", "--guidance.mode=sync", *extra]
+
+
+SYNC_IDS = [f"{c[0]}-P{c[1]}-K{c[2]}-{len(c[3])}" for c in SYNC]
+PLAIN_SGD = ["--optim.lr=1", "--optim.momentum=0", "--optim.nesterov=false", "--optim.weight_decay=0"]
+ONE_GUIDED = ["--method.name=infopro", "--split.num_modules=4", "--guidance.every=1", "--train.max_steps=1"]
+ONE_GUIDED += [*PLAIN_SGD, "--optim.schedule=constant"]
+ASYNC_LONG = ["--method.name=greedy", "--split.num_modules=4", "--guidance.every=2", "--guidance.mode=async"]
+ASYNC_LONG += ["--pipeline.queue_depth=4", "--train.max_steps=10", "--train.epochs=4", "--optim.lr=0.05"]
+ASYNC_E2E = ["--method.name=e2e", "--split.num_modules=4", "--guidance.mode=async", "--pipeline.queue_depth=2"]
+ASYNC_E2E += ["--train.max_steps=10", "--train.epochs=2"]
+STALE_EMA = ["--method.name=mlaan", "--split.num_modules=4", "--method.ema_sync_every=10", "--train.max_steps=12"]
+STALE_EMA += ["--guidance.mode=async"]
+
+
+def _cases(nproc: int, **more: list[str]) -> dict[str, list[str]]:
+    sync = {i: _sync(c[0], c[2], c[3]) for i, c in zip(SYNC_IDS, SYNC) if c[1] == nproc}
+    return {name: [*TINY, "--mode=pipeline", *args] for name, args in {**sync, "guided": ONE_GUIDED, **more}.items()}
+
+
+runs_p2 = runs_fixture(2, _cases(2, async_long=ASYNC_LONG, stale_ema=STALE_EMA))
+runs_p4 = runs_fixture(4, _cases(4, async_e2e=ASYNC_E2E))
+
+
+@pytest.mark.parametrize("method, nproc, k, extra", SYNC, ids=SYNC_IDS)
+def test_sync_cross_stage_gradients_equal_sequential(request, method, nproc, k, extra):
     """Invariant 2 (and MLAAN pipeline = MLAAN sequential with EMA sync every step)."""
-    overrides = [f"--method.name={method}", f"--split.num_modules={k}", "--guidance.mode=sync", *extra]
-    summary = _run(tmp_path, nproc, *overrides)
-    _assert_same(load_merged(tmp_path / "p"), sequential_state(overrides))
+    out = request.getfixturevalue(f"runs_p{nproc}")
+    name = f"{method}-P{nproc}-K{k}-{len(extra)}"
+    _assert_same(load_merged(out / name), sequential_state(_sync(method, k, extra)))
     every = next((int(e.split("=")[1]) for e in extra if e.startswith("--guidance.every=")), 0)
-    assert summary["stages"][0]["guided_steps"] == (5 // every if every else 0)
+    assert _summary(out, name)["stages"][0]["guided_steps"] == (5 // every if every else 0)
 
 
 @pytest.mark.parametrize("nproc", [2, 4])
-def test_a_sync_guidance_step_is_the_end_to_end_gradient(tmp_path, nproc):
+def test_a_sync_guidance_step_is_the_end_to_end_gradient(request, nproc):
     """Invariant 3: one replace-guidance step of plain SGD (lr 1, no momentum, no decay) moves every weight by
     exactly minus single-process backprop's gradient of the final loss."""
-    plain = ["--optim.lr=1", "--optim.momentum=0", "--optim.nesterov=false", "--optim.weight_decay=0"]
-    overrides = ["--method.name=infopro", "--split.num_modules=4", "--guidance.every=1", "--train.max_steps=1", *plain]
-    overrides += ["--optim.schedule=constant"]
-    _run(tmp_path, nproc, *overrides)
-    after = load_merged(tmp_path / "p")
+    overrides = ONE_GUIDED
+    after = load_merged(request.getfixturevalue(f"runs_p{nproc}") / "guided")
     cfg = tiny_config(*TINY, *overrides, "--mode=sequential")
     torch.use_deterministic_algorithms(True)
     loader, _, info = build_loaders(cfg.data, torch.device("cpu"), cfg.train.seed)
@@ -83,42 +95,21 @@ def test_a_sync_guidance_step_is_the_end_to_end_gradient(tmp_path, nproc):
     assert checked > 10
 
 
-def test_async_guidance_runs_long_with_deep_queues_and_learns(tmp_path):
-    summary = _run(
-        tmp_path,
-        2,
-        "--method.name=greedy",
-        "--split.num_modules=4",
-        "--guidance.every=2",
-        "--guidance.mode=async",
-        "--pipeline.queue_depth=4",
-        "--train.max_steps=10",
-        "--train.epochs=4",
-        "--optim.lr=0.05",
-        timeout=300,
-    )
+def test_async_guidance_runs_long_with_deep_queues_and_learns(runs_p2):
+    summary = _summary(runs_p2, "async_long")
     first = summary["stages"][0]
     assert first["guided_steps"] == 20 and first["delay_max"] is not None and first["delay_max"] >= 0
     assert first["stash_bytes_peak"] > 0  # the kept graphs ran on stashed weights
-    lines = [json.loads(x) for x in (tmp_path / "p" / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(x) for x in (runs_p2 / "async_long" / "metrics.jsonl").read_text().splitlines()]
     losses = [r["stages"][-1]["loss"][-1] for r in lines]
     assert losses[-1] < losses[0], losses
 
 
-def test_async_delays_are_what_the_headers_say(tmp_path):
+def test_async_delays_are_what_the_headers_say(runs_p4):
     """A gradient received for step t is applied to the graph of step t (the GRAD header's step is checked
     against the kept graph's), and its delay is the stage's steps since t: never negative, never more than
     the steps in flight (queue depth plus the backward link)."""
-    summary = _run(
-        tmp_path,
-        4,
-        "--method.name=e2e",
-        "--split.num_modules=4",
-        "--guidance.mode=async",
-        "--pipeline.queue_depth=2",
-        "--train.max_steps=10",
-        "--train.epochs=2",
-    )
+    summary = _summary(runs_p4, "async_e2e")
     delays = [s["delay_max"] for s in summary["stages"][:-1]]
     # In flight between stage s and the last: per link q unfinished sends + q posted receives forward, and
     # q + 1 of each backward (q = queue depth 2): the most steps a gradient can lag.
@@ -128,14 +119,5 @@ def test_async_delays_are_what_the_headers_say(tmp_path):
     assert summary["stages"][-1]["delay_max"] is None  # the last stage computes the loss: nothing comes back
 
 
-def test_mlaan_with_stale_ema_completes(tmp_path):
-    summary = _run(
-        tmp_path,
-        2,
-        "--method.name=mlaan",
-        "--split.num_modules=4",
-        "--method.ema_sync_every=10",
-        "--train.max_steps=12",
-        "--guidance.mode=async",
-    )
-    assert summary["final_top1"] is not None
+def test_mlaan_with_stale_ema_completes(runs_p2):
+    assert _summary(runs_p2, "stale_ema")["final_top1"] is not None

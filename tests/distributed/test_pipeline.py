@@ -12,7 +12,7 @@ from pipelocal.runtime import build_local_net
 from pipelocal.runtime.guidance import guide_for
 from pipelocal.schedules.sequential import train_step
 from tests.conftest import tiny_config
-from tests.distributed.launch import TINY, torchrun
+from tests.distributed.launch import TINY, runs_fixture, torchrun
 
 
 def sequential_state(overrides: list[str]) -> dict:
@@ -46,17 +46,21 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(
-    "method, nproc, k, depth, extra", CASES, ids=[f"{c[0]}-P{c[1]}-K{c[2]}-q{c[3]}" for c in CASES]
-)
-def test_pipeline_equals_sequential(tmp_path, method, nproc, k, depth, extra):
-    overrides = [f"--method.name={method}", f"--split.num_modules={k}", f"--pipeline.queue_depth={depth}", *extra]
-    out, _ = torchrun(
-        nproc, *TINY, "--mode=pipeline", *overrides, f"--metrics.out_dir={tmp_path}", "--metrics.run_name=p"
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    piped = load_merged(tmp_path / "p")
-    reference = sequential_state(overrides)
+def _overrides(method, k, depth, extra) -> list[str]:
+    return [f"--method.name={method}", f"--split.num_modules={k}", f"--pipeline.queue_depth={depth}", *extra]
+
+
+IDS = [f"{c[0]}-P{c[1]}-K{c[2]}-q{c[3]}" for c in CASES]
+RUNS = {i: [*TINY, "--mode=pipeline", *_overrides(m, k, q, e)] for i, (m, p, k, q, e) in zip(IDS, CASES)}
+runs_p2 = runs_fixture(2, {i: args for i, args, c in zip(IDS, RUNS.values(), CASES) if c[1] == 2})
+runs_p4 = runs_fixture(4, {i: args for i, args, c in zip(IDS, RUNS.values(), CASES) if c[1] == 4})
+
+
+@pytest.mark.parametrize("method, nproc, k, depth, extra", CASES, ids=IDS)
+def test_pipeline_equals_sequential(request, method, nproc, k, depth, extra):
+    out = request.getfixturevalue(f"runs_p{nproc}")
+    piped = load_merged(out / f"{method}-P{nproc}-K{k}-q{depth}")
+    reference = sequential_state(_overrides(method, k, depth, extra))
     assert piped.keys() == reference.keys()
     for name, value in reference.items():
         assert torch.allclose(piped[name].float(), value.float(), atol=1e-5, rtol=1e-4), name
