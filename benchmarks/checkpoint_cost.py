@@ -12,13 +12,13 @@ medians and the size, with the machine and the config.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from common import hardware
 
 from pipelocal import checkpoint
 from pipelocal.config import load_config
@@ -70,10 +70,7 @@ def main() -> None:
     run_job(load_config(None, [*keys, "--metrics.run_name=b", f"--train.resume={last}", "--checkpoint.final=false"]))
     size = sum(f.stat().st_size for f in last.iterdir())
     tensors = sum(1 for v in checkpoint.stored_metadata(last).values() if v[0] is not None)
-    print(
-        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-        f"torch {torch.__version__}"
-    )
+    print(f"machine: {hardware()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
     print(f"config: cifar_resnet-{args.depth}, K={args.k}, {args.method}, one process (sequential), local disk {out}")
     print(
         f"checkpoint: {size / 2**20:.1f} MiB, {tensors} tensors (parameters, buffers, optimizer state); "

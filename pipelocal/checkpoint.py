@@ -71,12 +71,12 @@ def folder_name(step: int) -> str:
     return f"{PREFIX}{step:08d}"
 
 
-def save(root: Path, step: int, state: dict, meta: dict | None, group=None, keep: int = 0) -> Path | None:
+def save(root: Path, step: int, state: dict, meta: dict | None, group=None, keep: int = 0) -> Path:
     """Write ``state`` (this rank's keys) as checkpoint ``step`` under ``root``; every rank calls it.
 
     ``meta`` is the coordinator's (None elsewhere). With ``group`` DCP gathers the ranks' plans over it;
     the coordinator writes ``meta.json`` once every rank's data is written, then renames the folder into
-    place and keeps the newest ``keep`` (0: all). Returns the folder on the coordinator.
+    place and keeps the newest ``keep`` (0: all). Returns the checkpoint's folder.
     """
     root = Path(root)
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
@@ -85,12 +85,12 @@ def save(root: Path, step: int, state: dict, meta: dict | None, group=None, keep
     with warnings.catch_warnings():  # "assuming the intent is to save in a single process": it is
         warnings.simplefilter("ignore", UserWarning)
         dcp.save(state, checkpoint_id=tmp, process_group=group, no_dist=not distributed)
+    final = root / folder_name(step)
     if meta is None:
-        return None
+        return final  # in place once the coordinator has renamed it
     files = {p.name: _digest(p) for p in sorted(tmp.iterdir()) if p.is_file()}
     meta = {"format": FORMAT, **meta, "files": files}
     (tmp / META).write_text(json.dumps(meta, indent=1))
-    final = root / folder_name(step)
     if final.exists():
         shutil.rmtree(final)  # the same step again (a resumed run passing it): the newer write wins
     os.replace(tmp, final)
@@ -236,7 +236,7 @@ class Saver:
         self.cfg, self.topo, self.group, self.ranges = cfg, topo, group, ranges
         self.root = Path(run_dir) / "checkpoints"
 
-    def save(self, step: int, epoch: int, strategy, stats, history) -> Path | None:
+    def save(self, step: int, epoch: int, strategy, stats, history) -> Path:
         """The state after ``step - 1``; ``epoch``: the one to run next; ``stats``: its figures so far (or None)."""
         topo = self.topo
         state = dict(strategy.checkpoint_state())
