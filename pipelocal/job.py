@@ -190,12 +190,16 @@ def make_run_dir(cfg: JobConfig) -> Path:
     return run_dir
 
 
-# Config keys a checkpoint is bound to: the network and the meaning of a step number.
+# Config keys a checkpoint is bound to: the network, its split and the meaning of a step number. (A profiled
+# split, balance=time or memory, is not profiled again on resume: the checkpoint's is used.)
 RESUME_KEYS = (
     "model.name",
     "model.depth",
     "model.norm",
     "split.num_modules",
+    "split.balance",
+    "split.table",
+    "split.boundaries",
     "method.name",
     "data.name",
     "data.batch_size",

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch.distributed.elastic.multiprocessing.errors import record
 
+from pipelocal.checkpoint import CheckpointError
 from pipelocal.config import ConfigError, help_text, load_config
 from pipelocal.data import DatasetNotFoundError
 from pipelocal.job import check_single_process, run_job  # noqa: F401  (check_single_process: part of the API)
@@ -56,13 +57,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    """Exit codes: 0 done, 2 bad config or data, 75 preempted (a checkpoint was written: resume with
+    """Exit codes: 0 done, 2 bad config, data or checkpoint, 75 preempted (a checkpoint was written: resume with
     ``--train.resume=auto``), 1 anything else. A failing stage names itself and exits at once, without
     collective clean-up, which could hang on a dead peer (DESIGN §6)."""
     stage = f" on stage {os.environ['RANK']}" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
     try:
         return main(argv)
-    except (ConfigError, DatasetNotFoundError) as err:
+    except (ConfigError, DatasetNotFoundError, CheckpointError) as err:
         print(f"error{stage}: {err}", file=sys.stderr, flush=True)
         code = 2
     except Exception as err:

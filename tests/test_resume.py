@@ -127,6 +127,8 @@ def test_a_checkpoint_of_another_network_is_refused_naming_the_keys(full, tmp_pa
         _run(tmp_path, "k4", path, "--split.num_modules=4")
     with pytest.raises(ConfigError, match=r"model.depth: 8 in the checkpoint, 14 now"):
         _run(tmp_path, "d14", path, "--model.depth=14")
+    with pytest.raises(ConfigError, match=r"split.boundaries: None in the checkpoint, \[0\] now"):
+        _run(tmp_path, "b0", path, "--split.boundaries=[0]")
 
 
 def test_keep_prunes_old_checkpoints(tmp_path):
