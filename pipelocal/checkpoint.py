@@ -7,7 +7,8 @@ it back (a K=4 run saved at P=2 resumes at P=4 or in one process):
 - ``model.local_modules.<i>.<name>``: parameters and buffers (BatchNorm statistics, MLAAN's EMA heads);
 - ``optim.local_modules.<i>.<param>.<state>``: each module's optimizer state (SGD momentum);
 - ``ema.unit<u>.<name>``: a stage's copies of units other stages own (MLAAN in a pipeline);
-- ``rank.p<P>x<R>.stage<s>.replica<r>``: per-process objects (torch RNG states, the epoch's partial statistics).
+- ``rank.p<P>x<R>.stage<s>.modules<a>-<b>.replica<r>``: per-process objects (torch RNG states, the
+  interrupted epoch's statistics so far).
 
 ``meta.json`` is written last, after DCP's own ``.metadata``: the step and epoch, the resolved config, the
 unit split, the epoch history (best and last accuracy), and the size and SHA-256 of every file. A folder
@@ -86,17 +87,18 @@ def save(root: Path, step: int, state: dict, meta: dict | None, group=None, keep
         warnings.simplefilter("ignore", UserWarning)
         dcp.save(state, checkpoint_id=tmp, process_group=group, no_dist=not distributed)
     final = root / folder_name(step)
-    if meta is None:
-        return final  # in place once the coordinator has renamed it
-    files = {p.name: _digest(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-    meta = {"format": FORMAT, **meta, "files": files}
-    (tmp / META).write_text(json.dumps(meta, indent=1))
-    if final.exists():
-        shutil.rmtree(final)  # the same step again (a resumed run passing it): the newer write wins
-    os.replace(tmp, final)
-    if keep:
-        for old in complete(root)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+    if meta is not None:
+        files = {p.name: _digest(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        meta = {"format": FORMAT, **meta, "files": files}
+        (tmp / META).write_text(json.dumps(meta, indent=1))
+        if final.exists():
+            shutil.rmtree(final)  # the same step again (a resumed run passing it): the newer write wins
+        os.replace(tmp, final)
+        if keep:
+            for old in [p for p in complete(root) if p != final][: -(keep - 1) or None]:
+                shutil.rmtree(old, ignore_errors=True)
+    if distributed:  # nobody leaves (a preempted stage exits next) before the folder is in place
+        dist.barrier(group=group)
     return final
 
 
@@ -240,7 +242,7 @@ class Saver:
         """The state after ``step - 1``; ``epoch``: the one to run next; ``stats``: its figures so far (or None)."""
         topo = self.topo
         state = dict(strategy.checkpoint_state())
-        state[rank_key(topo)] = pack({"rng": rng_state(topo.device), "stats": stats, "step": step})
+        state[rank_key(topo, strategy.stage)] = pack({"rng": rng_state(topo.device), "stats": stats, "step": step})
         meta = None
         if topo.is_coordinator:
             meta = {
@@ -258,9 +260,10 @@ class Saver:
         return save(self.root, step, state, meta, self.group if topo.distributed else None, self.cfg.checkpoint.keep)
 
 
-def rank_key(topo) -> str:
-    """A process's own object, named by its place in a layout (another layout finds none of them)."""
-    return f"rank.p{topo.num_stages}x{topo.dp}.stage{topo.stage_index}.replica{topo.replica}"
+def rank_key(topo, stage) -> str:
+    """A process's own object, named by its place in a layout and its modules (another layout finds none)."""
+    where = f"p{topo.num_stages}x{topo.dp}.stage{topo.stage_index}.modules{stage.first}-{stage.last}"
+    return f"rank.{where}.replica{topo.replica}"
 
 
 def rng_state(device: torch.device) -> dict:
@@ -276,10 +279,10 @@ def set_rng_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def load_rank_object(path: Path, topo, group) -> dict | None:
+def load_rank_object(path: Path, topo, group, stage) -> dict | None:
     """This process's object of checkpoint ``path`` (every rank calls it); None when the checkpoint was
     written by another stage layout (the RNG and the interrupted epoch's figures then start afresh)."""
-    key = rank_key(topo)
+    key = rank_key(topo, stage)
     present = key in stored_metadata(path)
     if topo.distributed:  # a collective load: every rank must take part, with or without a key
         flags = torch.tensor([int(present)])
@@ -289,7 +292,7 @@ def load_rank_object(path: Path, topo, group) -> dict | None:
         return None
     state = {key: io.BytesIO()}
     load(path, state, group if topo.distributed else None)
-    return unpack(state[key])
+    return unpack(state[key], topo.device)
 
 
 def pack(obj) -> io.BytesIO:
@@ -300,6 +303,6 @@ def pack(obj) -> io.BytesIO:
     return buf
 
 
-def unpack(buf: io.BytesIO):
+def unpack(buf: io.BytesIO, device=None):
     buf.seek(0)
-    return torch.load(buf, weights_only=False)
+    return torch.load(buf, map_location=device, weights_only=False)

@@ -42,9 +42,15 @@ def run_job(cfg: JobConfig) -> RunSummary | None:
     strategy = mode.build(cfg, topo, groups, setup, loaders)
     control, stats = (groups.control, groups.stats) if groups is not None else (None, None)
     resumed = None
+    if setup["resume"] and len(strategy.plan.train_rows) != setup["resume_steps_per_epoch"]:
+        raise ConfigError(
+            f"checkpoint {setup['resume']} was written with {setup['resume_steps_per_epoch']} steps per epoch, this "
+            f"run has {len(strategy.plan.train_rows)}: the data or batch differ, so its step numbers mean other "
+            "batches. Resume with the same data, or start a new run"
+        )
     if setup["resume"]:
         strategy.load_checkpoint(setup["resume"], control)
-        resumed = checkpoint.load_rank_object(setup["resume"], topo, control)
+        resumed = checkpoint.load_rank_object(setup["resume"], topo, control, strategy.stage)
         if resumed is not None:
             checkpoint.set_rng_state(resumed["rng"], topo.device)
     console.print(describe(cfg, topo, strategy, run_dir))
@@ -102,6 +108,7 @@ def prepare(cfg: JobConfig, topo: Topology, groups, console: Console):
         meta = checkpoint.read_meta(resume) if resume else None
         if meta is not None:
             check_resumable(cfg, meta, resume)
+            set_aside_newer(run_dir / "checkpoints", resume, console.print)
             ranges = [tuple(r) for r in meta["ranges"]] if meta["ranges"] is not None else None
             console.print(f"resuming from {resume} (step {meta['step']}, epoch {meta['epoch'] + 1})")
         else:
@@ -117,6 +124,7 @@ def prepare(cfg: JobConfig, topo: Topology, groups, console: Console):
             "resume": str(resume) if resume else None,
             "start_step": meta["step"] if meta else 0,
             "history": meta["history"] if meta else [],
+            "resume_steps_per_epoch": meta["steps_per_epoch"] if meta else None,
         }
     if topo.distributed:
         box = [setup]
@@ -163,6 +171,15 @@ def locate_run(cfg: JobConfig, say) -> tuple[Path, Path | None]:
         run_dir = make_run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir, path
+
+
+def set_aside_newer(root: Path, resume: Path, say) -> None:
+    """Resuming from an older checkpoint of this run abandons the newer ones: renamed ``abandoned-step-<n>``
+    (kept, but no longer found by resume=auto or pruned as if they came after the new ones)."""
+    for path in checkpoint.complete(root):
+        if path.name > Path(resume).name and Path(resume).parent.resolve() == root.resolve():
+            path.rename(root / f"abandoned-{path.name}")
+            say(f"{path.name} is newer than the checkpoint resumed from: kept as abandoned-{path.name}")
 
 
 def _newest_run(out: Path, prefix: str) -> Path | None:

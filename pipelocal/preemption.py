@@ -6,9 +6,12 @@ A signal only sets a flag. A background thread per process shares the flags with
 every ``PERIOD`` seconds (its own process group, off the training path). The step strategy turns the flag
 into a common step: the first stage of a pipeline marks its next training message ``halt`` and every stage
 stops after training it (the mark travels with the data, so nobody waits for anybody); lockstep modes (ddp,
-gpipe, 1f1b) agree per step with an all-reduce. A second signal ends the process at once, and so does the
-first one after ``PIPELOCAL_PREEMPT_GRACE_S`` seconds (default 25, inside torchrun's 30 s before SIGKILL):
-a stage that cannot reach a common step (a peer died or hangs) must not outlive the job.
+gpipe, 1f1b) agree per step with an all-reduce. A second signal more than 3 s later ends the process at
+once (a repeat within 3 s is the same event: SLURM signals every process of a job step and torchrun
+forwards its own); so does the first one after ``PIPELOCAL_PREEMPT_GRACE_S`` seconds (default 25, inside
+torchrun's 30 s before SIGKILL): a stage that cannot reach a common step (a peer died or hangs) must not
+outlive the job. The handler runs when the main thread is back in Python: a stage blocked in a wait on a
+stuck peer sees the signal at the process-group timeout at the latest (torchrun's SIGKILL comes first).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import torch.distributed as dist
 PREEMPTED = 75
 PERIOD = 0.2  # seconds between flag exchanges
 GRACE_S = float(os.environ.get("PIPELOCAL_PREEMPT_GRACE_S", "25"))
+BURST_S = 3.0  # a repeat within this long is the same event arriving twice, not a user insisting
 
 
 class Preempted(Exception):
@@ -43,6 +47,7 @@ class Preemption:
         self.local = False  # a signal reached this process
         self.remote = False  # ... or another one
         self._done = False
+        self._first = 0.0  # when the first signal came
         self._timer: threading.Timer | None = None  # after a signal: the grace period to reach a common step
         self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
         self._thread = None
@@ -55,10 +60,12 @@ class Preemption:
 
     def _handle(self, signum, frame) -> None:
         name = signal.Signals(signum).name
-        if self.local:  # the second one: no checkpoint, go now
+        if self.local and time.monotonic() - self._first > BURST_S:  # a second one: no checkpoint, go now
             print(f"stage {self.stage_index}: {name} again: exiting without a checkpoint", file=sys.stderr, flush=True)
             os._exit(128 + signum)
-        self.local = True
+        if self.local:
+            return  # the same event twice (SLURM signals every process of a step, torchrun then forwards its own)
+        self.local, self._first = True, time.monotonic()
         self._timer = threading.Timer(GRACE_S, _give_up, (self.stage_index, name))
         self._timer.daemon = True
         self._timer.start()

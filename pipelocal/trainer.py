@@ -57,7 +57,7 @@ class Trainer:
             stats, halted = self.train_epoch(
                 epoch, offset if epoch == first else 0, partial if epoch == first else None
             )
-            if halted and stats.steps < steps and strategy.steps_per_epoch is not None:
+            if halted and self.step < (epoch + 1) * steps and strategy.steps_per_epoch is not None:
                 strategy.drain(self.step, stats)
                 raise Preempted(self.step, self._save(epoch, stats))
             if epoch in strategy.plan.eval_epochs:
@@ -120,13 +120,14 @@ class Trainer:
         return stats, halted
 
     def _save(self, epoch: int, stats: StageStats | None = None, elapsed: float = 0.0):
-        """A checkpoint at ``self.step``: ``epoch`` is the one to run next; ``stats``: of its steps so far."""
+        """A checkpoint: mid-epoch (``stats``: the figures of ``epoch`` so far) at ``self.step``, else at the
+        start of ``epoch``, numbered by the plan (a replay stage's own step count differs from its producer's)."""
         if self.saver is None:
             return None
-        partial = None
+        partial, step = None, epoch * len(self.strategy.plan.train_rows)
         if stats is not None:
-            partial = copy.copy(stats)
+            partial, step = copy.copy(stats), self.step
             partial.wall_s += elapsed
-        path = self.saver.save(self.step, epoch, self.strategy, partial, self.log.history)
+        path = self.saver.save(step, epoch, self.strategy, partial, self.log.history)
         self._saved_at = (self.step, path)
         return path

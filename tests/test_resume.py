@@ -67,7 +67,7 @@ def test_every_checkpoint_is_written_complete(full):
     assert (meta["step"], meta["epoch"], len(meta["history"])) == (4, 1, 1)
     keys = checkpoint.stored_metadata(full / "a" / "checkpoints" / "step-00000006")
     assert any(k.startswith("optim.local_modules.1.") and k.endswith("momentum_buffer") for k in keys)
-    assert any(k.endswith("running_mean") for k in keys) and "rank.p1x1.stage0.replica0" in keys
+    assert any(k.endswith("running_mean") for k in keys) and "rank.p1x1.stage0.modules0-2.replica0" in keys
     assert all(checkpoint.problem(p) is None for p in checkpoint.complete(full / "a" / "checkpoints"))
 
 

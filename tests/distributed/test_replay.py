@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+from pipelocal import checkpoint
 from pipelocal.checkpoint import load_merged
 from tests.distributed.launch import TINY, torchrun
 from tests.distributed.test_pipeline import sequential_state
@@ -60,6 +61,11 @@ def test_replay_behind_a_slow_producer_reuses_batches_by_the_policy(tmp_path, si
     stale = consumer["staleness"]
     assert 0 <= stale["p50"] <= stale["p95"] <= stale["max"] <= size - 1  # the buffer holds the newest M
     assert consumer["buffer_bytes_peak"] > 0 and summary["final_top1"] is not None
+    # Epoch checkpoints are numbered by the plan, not by each stage's own step count: both stages' parts
+    # land in one folder per epoch, complete and checked.
+    saved = checkpoint.complete(tmp_path / "p" / "checkpoints")
+    assert [p.name for p in saved] == ["step-00000008", "step-00000016"]
+    assert all(checkpoint.problem(p) is None and len(list(p.glob("*.distcp"))) == 2 for p in saved)
 
 
 def test_replay_with_a_slow_consumer_drops_and_never_blocks_the_producer(tmp_path):
