@@ -176,8 +176,10 @@ def locate_run(cfg: JobConfig, say) -> tuple[Path, Path | None]:
 def set_aside_newer(root: Path, resume: Path, say) -> None:
     """Resuming from an older checkpoint of this run abandons the newer ones: renamed ``abandoned-step-<n>``
     (kept, but no longer found by resume=auto or pruned as if they came after the new ones)."""
+    if Path(resume).parent.resolve() != root.resolve():
+        return  # resumed from another run's checkpoint: this folder's own are not superseded
     for path in checkpoint.complete(root):
-        if path.name > Path(resume).name and Path(resume).parent.resolve() == root.resolve():
+        if path.name > Path(resume).name:
             path.rename(root / f"abandoned-{path.name}")
             say(f"{path.name} is newer than the checkpoint resumed from: kept as abandoned-{path.name}")
 
