@@ -242,7 +242,9 @@ class Saver:
         """The state after ``step - 1``; ``epoch``: the one to run next; ``stats``: its figures so far (or None)."""
         topo = self.topo
         state = dict(strategy.checkpoint_state())
-        state[rank_key(topo, strategy.stage)] = pack({"rng": rng_state(topo.device), "stats": stats, "step": step})
+        scalers = strategy.stage.numerics.state_dict()  # fp16's loss scales (per optimizer); [] otherwise
+        mine = {"rng": rng_state(topo.device), "stats": stats, "step": step, "scalers": scalers}
+        state[rank_key(topo, strategy.stage)] = pack(mine)
         meta = None
         if topo.is_coordinator:
             meta = {

@@ -127,6 +127,14 @@ class TrainConfig:
     max_steps: int | None = option(None, "stop each epoch after this many steps (quick runs, tests)")
     eval_every: int = option(1, "evaluate every N epochs (and always after the last)")
     deterministic: bool = option(False, "torch.use_deterministic_algorithms (tests, invariants)")
+    precision: str = option(
+        "fp32",
+        "compute dtype of forwards and losses (torch.autocast): fp32, bf16 (no loss scaling), fp16 (one GradScaler "
+        "per optimizer); weights, gradients and optimizer state stay fp32; activations cross stages in it",
+        ("fp32", "bf16", "fp16"),
+    )
+    channels_last: bool = option(False, "channels_last memory format for weights and activations (faster convs)")
+    compile: bool = option(False, "torch.compile each local module's body and head (the batch dimension dynamic)")
     resume: str | None = option(
         None,
         "continue a run: auto (the newest complete checkpoint of this run folder, or start fresh; without "
@@ -239,6 +247,13 @@ class JobConfig:
             raise ConfigError(
                 "checkpoint.every_steps: a replay pipeline's stages train unplanned numbers of steps, so they have "
                 "no common mid-epoch step; use checkpoint.every_epochs with pipeline.buffer=replay"
+            )
+        guided = self.guidance.every or self.guidance.warmup_epochs
+        if self.train.compile and self.guidance.mode == "async" and guided:
+            raise ConfigError(
+                "train.compile with guidance.mode=async: async guidance runs each waiting step on a fresh copy of "
+                "the weights (weight stashing), which a compiled module would recompile for every step; use "
+                "guidance.mode=sync or train.compile=false"
             )
         if mode.check is not None:
             mode.check(self)

@@ -10,8 +10,9 @@ schedules/e2e_parallel.py). A strategy has ``stage`` (modules, optimizers, devic
 ``state_dict`` and ``stop``.
 
 Where things go: something done every N steps (a checkpoint, a profiler window) is a step hook here,
-after ``stats.add``; something around every forward (autocast) is the strategy's ``step``, the one place
-each mode runs its forward; something at an epoch end (a checkpoint, after the drain) is in ``fit``.
+after ``stats.add``; something around every forward (autocast, runtime/numerics.py) is in the strategy's
+``step``, the one place each mode runs its forward (``LocalStep`` for the local modes, ``train_step`` for the
+E2E baselines); something at an epoch end (a checkpoint, after the drain) is in ``fit``.
 A checkpoint holds the state after step ``self.step - 1``; a mid-epoch one is never taken at an epoch's
 last step (that one waits for the evaluation), so resuming at a step is resuming the epoch it falls in.
 """
@@ -44,6 +45,7 @@ class Trainer:
         self.device = strategy.stage.device
         self.step = strategy.plan.start  # training steps done on this rank, across epochs (= the next one's number)
         self.resumed = resumed or {}
+        strategy.stage.numerics.load_state_dict(self.resumed.get("scalers"))
         if preemption is not None:
             strategy.halt_requested = preemption.requested
         self._saved_at = None

@@ -91,3 +91,19 @@ def test_step_cost_measures_local_and_guided_steps(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     rows = json.loads((tmp_path / "step_cost.json").read_text())["rows"]
     assert [r[:2] for r in rows] == [["greedy", 4], ["mlaan", 4]] and all(r[2] > 0 and r[3] > 0 for r in rows)
+
+
+def test_speed_features_gives_a_row_per_mode_and_variant(tmp_path):
+    cmd = [sys.executable, "benchmarks/speed_features.py", "--repeats", "1", "--epochs", "2", "--steps", "3"]
+    cmd += ["--batch", "16", "--test-subset", "64", "--rows", "sequential", "pipeline", "--variants", "fp32", "bf16"]
+    cmd += ["--out", str(tmp_path), "--set", *TINY_SET]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert all((tmp_path / f"speed_features.{ext}").exists() for ext in ("md", "json", "csv", "png"))
+    result = json.loads((tmp_path / "speed_features.json").read_text())
+    rows = {(r[0], r[2]): r for r in result["rows"]}
+    assert list(rows) == [("sequential", "fp32"), ("sequential", "bf16"), ("pipeline", "fp32"), ("pipeline", "bf16")]
+    assert all(isinstance(r[3], float) and r[3] > 0 and r[-1] == "-" for r in rows.values()), result["rows"]
+    assert rows["sequential", "bf16"][4] > 0 and rows["pipeline", "bf16"][4] > 0  # the ratio to the row's fp32
+    assert rows["pipeline", "fp32"][5] > 0 and rows["pipeline", "bf16"][5] > 0  # pipeline efficiency
+    assert all("--train.precision=bf16" in run["command"] for run in result["runs"] if run["variant"] == "bf16")

@@ -8,6 +8,10 @@ are created in the same order on every rank (DESIGN §4, Channels):
 - ``weights``: weights upstream, from the stage owning a block to a stage whose aux net follows it (MLAAN's EMA);
 - ``links``: two groups for replay streams, link s -> s+1 on ``links[s % 2]``, so a stage's receiving
   thread and its sending main thread never share a group;
+- ``forward_headers``, ``backward_headers``, ``link_headers``: gloo twins of the groups that carry messages
+  (transport.py): a message's header goes on the twin, its tensors on the backend's group, so headers are
+  host buffers on NCCL too and reading one is never a device sync. One twin per group, so the replay
+  reader thread and the main thread never share one either (``weights`` sends bare tensors: no twin);
 - ``control``: gloo, collectives for start-up, epoch-end metrics and evaluation results;
 - ``stats``: gloo, point-to-point live metrics to rank 0 (kept apart from ``control`` because gloo
   collectives number their tags from 0 too, and p2p tags must not collide with them);
@@ -25,6 +29,7 @@ import torch.distributed as dist
 
 from pipelocal.config import ConfigError
 from pipelocal.distributed.topology import Topology
+from pipelocal.distributed.transport import Channel
 
 
 @dataclass(frozen=True)
@@ -33,9 +38,24 @@ class Groups:
     backward: dist.ProcessGroup
     weights: dist.ProcessGroup
     links: tuple[dist.ProcessGroup, dist.ProcessGroup]
+    forward_headers: dist.ProcessGroup
+    backward_headers: dist.ProcessGroup
+    link_headers: tuple[dist.ProcessGroup, dist.ProcessGroup]
     control: dist.ProcessGroup
     stats: dist.ProcessGroup
     preempt: dist.ProcessGroup
+
+    @property
+    def forward_channel(self) -> Channel:
+        return Channel(self.forward, self.forward_headers)
+
+    @property
+    def backward_channel(self) -> Channel:
+        return Channel(self.backward, self.backward_headers)
+
+    def link_channel(self, stage_index: int) -> Channel:
+        """The replay link from stage ``stage_index`` to the next one."""
+        return Channel(self.links[stage_index % 2], self.link_headers[stage_index % 2])
 
 
 def launched_by_torchrun() -> bool:
@@ -67,6 +87,9 @@ def init_distributed(timeout_s: float, data_parallel: bool = False) -> tuple[Top
         backward=dist.new_group(backend=backend, timeout=timeout),
         weights=dist.new_group(backend=backend, timeout=timeout),
         links=(dist.new_group(backend=backend, timeout=timeout), dist.new_group(backend=backend, timeout=timeout)),
+        forward_headers=dist.new_group(backend="gloo", timeout=timeout),
+        backward_headers=dist.new_group(backend="gloo", timeout=timeout),
+        link_headers=(dist.new_group(backend="gloo", timeout=timeout), dist.new_group(backend="gloo", timeout=timeout)),
         control=dist.new_group(backend="gloo", timeout=timeout),
         stats=dist.new_group(backend="gloo", timeout=timeout),
         preempt=dist.new_group(backend="gloo", timeout=timeout),

@@ -1,7 +1,12 @@
 """Messages between adjacent stages: a fixed-size int64 header, then the tensors (DESIGN §4, Messages).
 
-Header layout (int64): ``[kind | halt << 8, step, valid_rows, num_tensors, (dtype, ndim, d0..d4) * MAX_TENSORS,
-labels * max_rows]``. Labels ride in the header so they can never drift from their activations.
+Header layout (int64, ``HEADER_SIZE`` words): ``[kind | halt << 8, step, valid_rows, num_tensors,
+(dtype, ndim, d0..d4) * MAX_TENSORS]``. Each link is a :class:`Channel` of two process groups: the header
+travels on its gloo ``headers`` group, built on the host from ints the sender knows and read on the host
+with ``.numpy()`` (which raises on a device tensor, so it can never hide a sync); the tensors travel on its
+``data`` group (the backend's: NCCL on GPU), and DATA/GUIDE/EVAL messages append the labels there as one
+more int64 tensor of the message's padded rows. So no message costs a device-to-host sync on either end,
+and labels, sent in the same message as their activations, can never drift from them.
 ``halt`` marks a training message as the last before a preemption checkpoint (job.py): every stage trains
 it, then all of them stop at the same step without any collective on the way.
 
@@ -9,14 +14,15 @@ Every message a stage will receive is known in advance (the :class:`StreamPlan` 
 from the same numbers), so receives are pre-posted into fixed buffers, ``queue_depth`` ahead, and
 every header is checked against what was expected (invariant 5): on gloo a wrong dtype of the same
 byte count would otherwise be reinterpreted silently. The sender checks its own tensors against the
-agreed shapes before sending, because on gloo a too-large message aborts the receiving process.
+agreed shapes before sending, because on gloo a too-large message aborts the receiving process. The
+receiver checks the host header before it waits for the tensors, so a bad message is named, not read.
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import IntEnum
 
 import torch
@@ -25,7 +31,7 @@ import torch.nn.functional as F
 
 MAX_TENSORS = 4
 MAX_DIMS = 5
-_FIXED = 4 + MAX_TENSORS * (2 + MAX_DIMS)
+HEADER_SIZE = 4 + MAX_TENSORS * (2 + MAX_DIMS)
 HALT_BIT = 1 << 8
 DTYPE_CODES = {torch.float32: 1, torch.float16: 2, torch.bfloat16: 3, torch.int64: 4, torch.uint8: 5, torch.float64: 6}
 CODE_DTYPES = {v: k for k, v in DTYPE_CODES.items()}
@@ -38,6 +44,9 @@ class Kind(IntEnum):
     GRAD = 4
     STOP = 5
     EPOCH = 6  # replay streams: the producer's epoch is over
+
+
+LABELLED = frozenset({Kind.DATA, Kind.GUIDE, Kind.EVAL})  # messages whose labels travel beside their tensors
 
 
 class WireError(RuntimeError):
@@ -66,46 +75,51 @@ class TensorMeta:
 
 
 @dataclass(frozen=True)
+class Channel:
+    """The process groups of one kind of link: the tensors on ``data`` (the backend's), their headers on
+    ``headers`` (gloo, into host buffers: reading a header is never a device read). See distributed/setup.py."""
+
+    data: dist.ProcessGroup
+    headers: dist.ProcessGroup
+
+
+@dataclass(frozen=True)
 class Header:
     kind: Kind
     step: int
     valid: int
     metas: tuple[TensorMeta, ...]
-    labels: torch.Tensor
+    labels: torch.Tensor | None = None  # received: the labels' rows ``[:valid]``, on the device (LABELLED kinds)
     halt: bool = False
 
 
 def pad_rows(t: torch.Tensor, rows: int, copy: bool = False) -> torch.Tensor:
     """The wire carries full batches; the last, smaller one is zero-padded and its header says how many rows count.
-    ``copy``: a tensor of its own even when no padding is needed (a relayed view of a receive buffer)."""
+    ``copy``: a tensor of its own even when no padding is needed (a relayed view of a receive buffer).
+    Always contiguous: the wire takes nothing else (a channels_last activation is converted here)."""
     if len(t) == rows:
         return t.contiguous().clone() if copy else t.contiguous()
-    return F.pad(t, (0, 0) * (t.dim() - 1) + (0, rows - len(t)))
+    return F.pad(t, (0, 0) * (t.dim() - 1) + (0, rows - len(t))).contiguous()
 
 
-def header_size(max_rows: int) -> int:
-    return _FIXED + max_rows
+def labels_meta(kind: Kind, metas: tuple[TensorMeta, ...]) -> tuple[TensorMeta, ...]:
+    """The labels' tensor on the wire after ``metas``: one int64 per padded row of a LABELLED message, else none."""
+    return (TensorMeta(torch.int64, metas[0].shape[:1]),) if kind in LABELLED else ()
 
 
-def encode_header(
-    kind: Kind, step: int, valid: int, metas, labels: torch.Tensor, max_rows: int, halt: bool = False
-) -> torch.Tensor:
-    # Built on the host. On CUDA, labels.to("cpu") below is a device-to-host sync point per message, and so
-    # is decode_header's tolist(): free under gloo, a lost CPU run-ahead under NCCL. Known, not yet mended
-    # (pinned buffers and a side-stream copy, or headers over the gloo control group, would remove it).
-    header = torch.zeros(header_size(max_rows), dtype=torch.int64)
-    header[:4] = torch.tensor([int(kind) | (HALT_BIT if halt else 0), step, valid, len(metas)])
-    for i, meta in enumerate(metas):
-        base = 4 + i * (2 + MAX_DIMS)
-        header[base] = DTYPE_CODES[meta.dtype]
-        header[base + 1] = len(meta.shape)
-        header[base + 2 : base + 2 + len(meta.shape)] = torch.tensor(meta.shape)
-    header[_FIXED : _FIXED + len(labels)] = labels.to("cpu", torch.int64)
-    return header
+def encode_header(kind: Kind, step: int, valid: int, metas, halt: bool = False) -> torch.Tensor:
+    """The header as a host tensor, from ints alone (no tensor of the message is read)."""
+    if len(metas) > MAX_TENSORS or any(len(m.shape) > MAX_DIMS for m in metas):
+        raise ValueError(f"a message carries at most {MAX_TENSORS} tensors of at most {MAX_DIMS} dims: {metas}")
+    words = [int(kind) | (HALT_BIT if halt else 0), step, valid, len(metas)]
+    for meta in metas:
+        words += [DTYPE_CODES[meta.dtype], len(meta.shape), *meta.shape] + [0] * (MAX_DIMS - len(meta.shape))
+    return torch.tensor(words + [0] * (HEADER_SIZE - len(words)), dtype=torch.int64)
 
 
 def decode_header(header: torch.Tensor) -> Header:
-    values = header.tolist()
+    """The fields of a received header. ``.numpy()`` reads host memory only (it raises on a device tensor)."""
+    values = header.numpy().tolist()
     word, step, valid, count = values[:4]
     kind, halt = word & (HALT_BIT - 1), bool(word & HALT_BIT)
     metas = []
@@ -113,14 +127,7 @@ def decode_header(header: torch.Tensor) -> Header:
         base = 4 + i * (2 + MAX_DIMS)
         code, ndim = values[base], values[base + 1]
         metas.append(TensorMeta(CODE_DTYPES.get(code, torch.int8), tuple(values[base + 2 : base + 2 + ndim])))
-    return Header(
-        Kind(kind) if kind in Kind._value2member_map_ else kind,
-        step,
-        valid,
-        tuple(metas),
-        header[_FIXED : _FIXED + max(valid, 0)].clone(),
-        halt,
-    )
+    return Header(Kind(kind) if kind in Kind._value2member_map_ else kind, step, valid, tuple(metas), halt=halt)
 
 
 def check_header(header: Header, expected: Expected, src: int, dst: int) -> None:
@@ -152,11 +159,11 @@ class Expected:
 
 
 class Sender:
-    """Sends messages to stage ``dst``, keeping at most ``depth`` unfinished sends (backpressure)."""
+    """Sends messages to stage ``dst`` over ``channel``, keeping at most ``depth`` unfinished sends (backpressure)."""
 
-    def __init__(self, group, src: int, dst: int, depth: int, max_rows: int, device: torch.device):
-        self.group, self.src, self.dst, self.depth, self.max_rows = group, src, dst, depth, max_rows
-        self.device = device  # NCCL sends only device tensors: the header lives where the activations do
+    def __init__(self, channel: Channel, src: int, dst: int, depth: int, device: torch.device):
+        self.channel, self.src, self.dst, self.depth = channel, src, dst, depth
+        self.device = device  # NCCL sends only device tensors: the labels travel where the activations are
         self._outstanding: deque = deque()  # (works, tensors kept alive until the send completes)
         self.wait_s = 0.0
 
@@ -166,22 +173,29 @@ class Sender:
         step: int,
         valid: int,
         tensors: list[torch.Tensor],
-        labels: torch.Tensor,
+        labels: torch.Tensor | None,
         metas: tuple[TensorMeta, ...],
         halt: bool = False,
     ) -> None:
-        """Send one message; the tensors must not be modified until it completes (they are kept here)."""
+        """Send one message; the tensors must not be modified until it completes (they are kept here).
+        ``labels`` (``valid`` of them) travel with LABELLED kinds only."""
         for t, meta in zip(tensors, metas, strict=True):
             if t.dtype != meta.dtype or tuple(t.shape) != meta.shape:
                 raise WireError(
                     f"stage {self.src} would send {t.dtype}{list(t.shape)} to stage {self.dst}, which agreed at "
                     f"start-up to receive {meta.describe()}"
                 )
+        if kind in LABELLED:
+            if labels is None or len(labels) != valid:
+                raise WireError(f"stage {self.src} would send {valid} rows to stage {self.dst} without their labels")
+            # A copy: relayed labels are a view of a receive buffer that is reused later.
+            rows = labels_meta(kind, metas)[0].shape[0]
+            tensors = [*tensors, pad_rows(labels.to(self.device, torch.int64), rows, copy=True)]
         while len(self._outstanding) >= self.depth:
             self._wait_oldest()
-        header = encode_header(kind, step, valid, metas, labels, self.max_rows, halt).to(self.device)
-        works = [dist.isend(header, self.dst, group=self.group)]
-        works += [dist.isend(t, self.dst, group=self.group) for t in tensors]
+        header = encode_header(kind, step, valid, metas, halt)
+        works = [dist.isend(header, self.dst, group=self.channel.headers)]
+        works += [dist.isend(t, self.dst, group=self.channel.data) for t in tensors]
         self._outstanding.append((works, (header, tensors)))
 
     def _wait_oldest(self) -> None:
@@ -196,18 +210,17 @@ class Sender:
 
 
 class Receiver:
-    """Receives the planned messages from stage ``src`` in order, ``depth`` of them posted ahead.
+    """Receives the planned messages from stage ``src`` over ``channel`` in order, ``depth`` of them posted ahead.
 
-    Each message lands in a fixed buffer slot (one ring per message kind, ``depth + 1`` slots), reused
-    only after the step that consumed it has finished.
+    Each message lands in a fixed buffer slot (one ring per message kind, ``depth + 1`` slots): its header in
+    host memory, its tensors (and labels) on ``device``, reused only after the step that consumed it has finished.
     """
 
-    def __init__(self, group, src: int, dst: int, plan: list[Expected], depth: int, device, max_rows: int):
-        self.group, self.src, self.dst, self.plan, self.depth = group, src, dst, plan, depth
-        self.device, self.max_rows = device, max_rows
+    def __init__(self, channel: Channel, src: int, dst: int, plan: list[Expected], depth: int, device):
+        self.channel, self.src, self.dst, self.plan, self.depth, self.device = channel, src, dst, plan, depth, device
         self._slots: dict[tuple, list] = {}  # (kind, metas) -> ring of buffer lists
         self._counts: dict[tuple, int] = {}
-        self._posted: deque = deque()  # (plan index, [header, *tensor buffers], works)
+        self._posted: deque = deque()  # (plan index, [header, *tensor buffers, labels?], works)
         self._next_post = 0
         self.wait_s = 0.0
         for _ in range(depth):
@@ -222,13 +235,15 @@ class Receiver:
         slot = self._counts.get(key, 0) % (self.depth + 1)
         self._counts[key] = self._counts.get(key, 0) + 1
         if ring[slot] is None:
-            ring[slot] = [torch.empty(header_size(self.max_rows), dtype=torch.int64, device=self.device)] + [
-                torch.empty(m.shape, dtype=m.dtype, device=self.device) for m in expected.metas
+            wire = expected.metas + labels_meta(expected.kind, expected.metas)
+            ring[slot] = [torch.empty(HEADER_SIZE, dtype=torch.int64)] + [
+                torch.empty(m.shape, dtype=m.dtype, device=self.device) for m in wire
             ]
-        buffers = ring[slot]
-        buffers[0][0] = 0  # kind 0 = "not arrived yet"; see arrived()
-        works = [dist.irecv(b, self.src, group=self.group) for b in buffers]
-        self._posted.append((self._next_post, buffers, works))
+        header, *tensors = ring[slot]
+        header[0] = 0  # kind 0 = "not arrived yet"; see arrived()
+        works = [dist.irecv(header, self.src, group=self.channel.headers)]
+        works += [dist.irecv(b, self.src, group=self.channel.data) for b in tensors]
+        self._posted.append((self._next_post, ring[slot], works))
         self._next_post += 1
 
     def ready(self) -> bool:
@@ -239,28 +254,30 @@ class Receiver:
         return _arrived(buffers[0], works[0])
 
     def recv(self) -> tuple[Header, list[torch.Tensor], int]:
-        """The next planned message: checked header, its tensors (views of fixed buffers), and staleness.
-
-        Staleness is how many later messages have already arrived (the producer's lead, from the headers).
-        """
+        """The next planned message: checked header (with its labels), its tensors (views of fixed buffers),
+        and staleness: how many later messages have already arrived (the producer's lead, from the headers)."""
         index, buffers, works = self._posted.popleft()
+        expected, what = self.plan[index], f"message {index} from stage {self.src} (dead or stuck?)"
         start = time.perf_counter()
-        _wait(works, f"stage {self.dst} got no message {index} from stage {self.src} (dead or stuck?)")
-        self.wait_s += time.perf_counter() - start
+        _wait(works[:1], f"stage {self.dst} got no {what}")
         header = decode_header(buffers[0])
-        check_header(header, self.plan[index], self.src, self.dst)
+        check_header(header, expected, self.src, self.dst)  # the host header only: a bad message is never read
+        _wait(works[1:], f"stage {self.dst} got no tensors of {what}")  # NCCL: the stream waits, not the host
+        self.wait_s += time.perf_counter() - start
         staleness = sum(1 for _, b, w in self._posted if _arrived(b[0], w[0]))
         self._post()
-        return header, [b[: header.valid] for b in buffers[1:]], staleness
+        tensors = [b[: header.valid] for b in buffers[1:]]
+        if expected.kind in LABELLED:
+            header = replace(header, labels=tensors.pop())
+        return header, tensors, staleness
 
 
 def _arrived(header: torch.Tensor, work) -> bool:
     """Has this posted header landed? For staleness only, never for correctness.
 
-    NCCL's ``is_completed`` is exact. gloo's point-to-point ``is_completed`` only turns true inside
-    ``wait()`` (pytorch/pytorch#30723), but gloo writes into the CPU buffer as the bytes arrive, and a
-    header's kind is never 0: a non-zero kind word means the producer has sent that step.
+    Headers travel on gloo into host buffers, so this reads no device memory. gloo's point-to-point
+    ``is_completed`` only turns true inside ``wait()`` (pytorch/pytorch#30723), but gloo writes into the
+    buffer as the bytes arrive, and a header's kind is never 0: a non-zero kind word means the producer has
+    sent that step.
     """
-    if header.device.type == "cpu":
-        return work.is_completed() or int(header[0]) != 0
-    return work.is_completed()
+    return work.is_completed() or bool(header.numpy()[0])

@@ -19,6 +19,7 @@ from pipelocal.methods import METHODS, CrossEntropyHead, NetInfo
 from pipelocal.metrics.memory import SavedTensorMeter
 from pipelocal.options import mode_traits
 from pipelocal.runtime.local_net import backbone_for
+from pipelocal.runtime.numerics import Numerics
 from pipelocal.split import balanced_ranges, module_costs, module_ranges
 
 
@@ -31,17 +32,18 @@ class UnitProfile:
 
 
 def profile_units(cfg: JobConfig, data: DataInfo, device: torch.device, repeats: int = 5) -> UnitProfile:
-    backbone = backbone_for(cfg, data).to(device)
+    numerics = Numerics.of(cfg, device)  # profiled as trained: the same dtype and memory format
+    backbone = numerics.prepare(backbone_for(cfg, data).to(device))
     n, k = backbone.num_units, cfg.split.num_modules
     rows = cfg.data.batch_size
     raw = torch.rand(rows, *data.input_shape, device=device)
     batch = Batch(raw, torch.randint(0, data.num_classes, (rows,), device=device), raw)
     prof = UnitProfile([], [], [], [])
-    x = batch.x
+    x = numerics.layout(batch.x)
     for u, unit in enumerate(backbone.units):
         head = CrossEntropyHead(backbone.classifier) if u == n - 1 else _head_at(cfg, data, backbone, u, k)
-        head = head.to(device) if head is not None else None
-        t_unit, b_unit, t_head, b_head, x = _measure(unit, head, x, batch, device, repeats)
+        head = numerics.prepare(head.to(device)) if head is not None else None
+        t_unit, b_unit, t_head, b_head, x = _measure(unit, head, x, batch, device, repeats, numerics)
         prof.unit_s.append(t_unit)
         prof.unit_bytes.append(b_unit)
         prof.head_s.append(t_head)
@@ -70,7 +72,7 @@ def _head_at(cfg: JobConfig, data: DataInfo, backbone, unit: int, num_modules: i
     return method.build_head(index)
 
 
-def _measure(unit, head, x, batch, device, repeats):
+def _measure(unit, head, x, batch, device, repeats, numerics):
     """(unit seconds, unit bytes, head seconds, head bytes, unit output) for one unit and its head."""
     meter = SavedTensorMeter(list(unit.parameters()) + (list(head.parameters()) if head else []))
     unit_times, head_times = [], []
@@ -78,15 +80,15 @@ def _measure(unit, head, x, batch, device, repeats):
         xi = x.detach().requires_grad_(True)
         start = _now(device)
         meter.reset_peak()
-        with meter.hooks():
-            h = unit(xi)
-        h.sum().backward()
+        with meter.hooks(), numerics.autocast():
+            h = numerics.boundary(unit(xi))
+        h.float().sum().backward()
         mid = _now(device)
         unit_bytes = meter.peak
         meter.reset_peak()
         head_bytes = 0
         if head is not None:
-            with meter.hooks():
+            with meter.hooks(), numerics.autocast():
                 loss = head(h.detach(), batch)["loss"]
             head_bytes = meter.peak
             loss.backward()

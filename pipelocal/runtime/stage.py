@@ -12,6 +12,7 @@ from pipelocal.config import JobConfig
 from pipelocal.metrics.memory import SavedTensorMeter, static_bytes
 from pipelocal.optim import build_optimizers
 from pipelocal.runtime.local_net import LocalNet
+from pipelocal.runtime.numerics import Numerics
 from pipelocal.runtime.step import LocalStep, eval_step
 
 
@@ -38,6 +39,11 @@ class Stage:
         self.modules = [net.local_modules[i].to(device) for i in self.indices]
         self.method = net.method
         self.optimizers = build_optimizers(self.modules, cfg.optim)
+        self.numerics = Numerics.of(cfg, device, len(self.optimizers))
+        for m in [*self.modules, *self.copies.values()]:
+            self.numerics.prepare(m)
+        if cfg.train.compile:
+            compile_modules(self.modules)
         self.per_module = cfg.optim.step == "per_module"
         self.forward_first = cfg.pipeline.stage_order == "forward_first"
         self.asynchronous = cfg.guidance.mode == "async"
@@ -47,7 +53,14 @@ class Stage:
     def begin(self, spans) -> LocalStep:
         """A training step of this stage's modules, given every module's term spans on this batch."""
         return LocalStep(
-            self.modules, self.optimizers, self.per_module, spans, self.meter, self.forward_first, self.asynchronous
+            self.modules,
+            self.optimizers,
+            self.per_module,
+            spans,
+            self.meter,
+            self.forward_first,
+            self.asynchronous,
+            self.numerics,
         )
 
     def unit(self, u: int) -> nn.Module:
@@ -60,7 +73,7 @@ class Stage:
                 m.head.after_step(self.unit)
 
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
-        return eval_step(self.modules, x, y, correct)
+        return eval_step(self.modules, x, y, correct, self.numerics)
 
     def set_mode(self, training: bool) -> None:
         for m in self.modules:
@@ -114,6 +127,20 @@ class Stage:
                 key = f"ema.unit{u}.{k}"
                 want[key if key in stored else f"model.local_modules.{i}.body.{u - start}.{k}"] = v
         checkpoint.load(path, want, group)
+
+
+def compile_modules(modules) -> None:
+    """torch.compile each module's body and head in place (parameter names unchanged). The batch dimension is
+    compiled dynamic from the first call (``mark_dynamic`` in the step), so the last, smaller batch of an epoch
+    reuses the graph instead of compiling again. Every body is an ``nn.Sequential``: their compiled graphs share
+    one code object, whose cache holds one entry per module and grad mode (training, evaluation), beyond
+    dynamo's default limit of 8 for K > 4; the limit is raised to fit, so nothing falls back to eager."""
+    config = torch._dynamo.config
+    config.recompile_limit = max(config.recompile_limit, 2 * len(modules) + 4)
+    for m in modules:
+        m.body.compile(dynamic=None)
+        if m.head is not None:
+            m.head.compile(dynamic=None)
 
 
 def _followed(module) -> list[int]:

@@ -23,6 +23,7 @@ import torch
 
 from pipelocal.data import Batch
 from pipelocal.metrics.memory import SavedTensorMeter
+from pipelocal.runtime.numerics import FP32, Numerics
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,7 @@ def local_step(
     forward_first: bool = False,
     on_output: Callable[[torch.Tensor], None] | None = None,
     guide: Guide | None = None,
+    numerics: Numerics = FP32,
 ) -> StepResult:
     """Train ``modules`` (all of the net's, consecutive) on one batch whose input to the first is ``x``.
 
@@ -84,7 +86,7 @@ def local_step(
     module's forward (one graph alive at a time, unless a longer span keeps it). The math is the same.
     """
     spans = [guided_spans(m.spans, m.index, m.is_final, guide) for m in modules]
-    step = LocalStep(modules, optimizers, per_module, spans, meter, forward_first)
+    step = LocalStep(modules, optimizers, per_module, spans, meter, forward_first, numerics=numerics)
     step.forward(x, batch, guide, on_output)
     return step.finish()
 
@@ -98,11 +100,16 @@ class LocalStep:
     output sent), ``receive`` (gradients of the last module's output from downstream), ``finish``
     (optimizer steps). With ``stash``, modules whose graph outlives this step run on a copy of their weights
     (weight stashing), so the step can finish now and a late gradient still meets the weights it was made
-    with (``receive`` after ``finish``, then ``finish_late``).
+    with (``receive`` after ``finish``, then ``finish_late``). ``numerics`` (runtime/numerics.py): forwards
+    and losses run under its autocast, outputs leave in its dtype, fp16 losses are scaled per optimizer and
+    gradients cross module boundaries unscaled.
     """
 
-    def __init__(self, modules, optimizers, per_module, spans, meter=None, forward_first=False, stash=False):
+    def __init__(
+        self, modules, optimizers, per_module, spans, meter=None, forward_first=False, stash=False, numerics=FP32
+    ):
         self.modules, self.optimizers, self.per_module = list(modules), optimizers, per_module
+        self.numerics = numerics
         self.meter, self.forward_first, self.stash = meter, forward_first, stash
         self.first, self.last = self.modules[0].index, self.modules[-1].index
         self.own = [spans[m.index] for m in self.modules]
@@ -137,6 +144,9 @@ class LocalStep:
             opt.zero_grad(set_to_none=True)
         self.guided = guide is not None
         meter, deferred, last = self.meter, [], len(self.modules) - 1
+        x = self.numerics.layout(x)
+        if batch is not None:
+            self.numerics.dynamic_rows(batch.y, batch.raw)
         for j, module in enumerate(self.modules):
             if j == 0 and self.stash and self.late[0]:
                 # The graph outlives this step; a received input is a view of a receive buffer that a later
@@ -145,8 +155,10 @@ class LocalStep:
             x = x.detach().requires_grad_(self.reach[j] and (j > 0 or self.first > 0))
             if meter:
                 meter.reset_peak()
-            with meter.hooks() if meter else nullcontext():
-                h = self._body(j, module, x)
+            self.numerics.dynamic_rows(x)
+            with meter.hooks() if meter else nullcontext(), self.numerics.autocast():
+                h = self.numerics.boundary(self._body(j, module, x))
+                self.numerics.dynamic_rows(h)
                 if j == last and on_output is not None:
                     on_output(h.detach())
                 groups = _loss_groups(module, h, batch, guide, self.own[j], self.losses)
@@ -185,11 +197,11 @@ class LocalStep:
         """Optimizer steps of this batch (with ``stash``: of what has arrived so far)."""
         self._unstash_grads()
         if not self.per_module:
-            for opt in self.optimizers:
-                opt.step()
+            for j, opt in enumerate(self.optimizers):
+                self.numerics.step(j, opt)
         elif self.stash:
             for j in self.kept:  # still waiting for a late gradient: step with the local part now
-                self.optimizers[j].step()
+                self.numerics.step(j, self.optimizers[j])
         return StepResult(self.output, self.losses, self.peaks, self.guided)
 
     def finish_late(self) -> None:
@@ -199,7 +211,7 @@ class LocalStep:
             self.optimizers[j].zero_grad(set_to_none=True)
         self._unstash_grads()
         for j in touched:
-            self.optimizers[j].step()
+            self.numerics.step(j, self.optimizers[j])
         self.stashed.clear()
 
     def _unstash_grads(self) -> None:
@@ -217,7 +229,12 @@ class LocalStep:
             self._backward(j, loss, None, span)
 
     def _backward(self, j: int, tensor: torch.Tensor, grad: torch.Tensor | None, span_left: int) -> None:
+        """Backward from a loss (``grad`` None) or from an unscaled gradient of module j's output ``tensor``."""
         x, _ = self.kept[j]
+        if grad is None:
+            tensor = self.numerics.scale(j, tensor)
+        else:
+            grad = self.numerics.grad_in(j, grad, tensor)
         self.uses[j] -= 1
         go_on = span_left > 1 and x.requires_grad
         params = list(self.stashed[j].values()) if j in self.stashed else self.params[j]
@@ -228,7 +245,7 @@ class LocalStep:
         if not self.uses[j]:
             self._done(j)
         if go_on:
-            g, x.grad = x.grad, None
+            g, x.grad = self.numerics.grad_out(j, x.grad), None
             if j == 0:  # leaves this run of modules: the previous stage's last module
                 left = span_left - 1
                 self.upstream[left] = self.upstream[left] + g if left in self.upstream else g
@@ -238,7 +255,7 @@ class LocalStep:
     def _done(self, j: int) -> None:
         self.kept.pop(j, None)
         if self.per_module and j not in self.stashed:
-            self.optimizers[j].step()
+            self.numerics.step(j, self.optimizers[j])
 
 
 def _loss_groups(module, h, batch, guide, spans, losses) -> dict[int, torch.Tensor]:
@@ -260,14 +277,17 @@ def _loss_groups(module, h, batch, guide, spans, losses) -> dict[int, torch.Tens
 
 
 @torch.no_grad()
-def eval_step(modules, x: torch.Tensor, y: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
+def eval_step(modules, x: torch.Tensor, y: torch.Tensor, correct: torch.Tensor, numerics=FP32) -> torch.Tensor:
     """Forward ``modules`` on ``x``; add each head's correct predictions to ``correct`` (-1: no logits).
 
     ``correct`` stays on the device: reading it per batch would be a host sync per batch.
     """
+    x = numerics.layout(x)
     for i, module in enumerate(modules):
-        x = module(x)
-        logits = module.head.logits(x) if module.head is not None else None
+        numerics.dynamic_rows(x)
+        with numerics.autocast():
+            x = numerics.boundary(module(x))
+            logits = module.head.logits(x) if module.head is not None else None
         if logits is None:
             correct[i] = -1
         elif correct[i] >= 0:

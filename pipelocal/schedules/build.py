@@ -16,6 +16,7 @@ from pipelocal.config import ConfigError
 from pipelocal.distributed.setup import Groups
 from pipelocal.distributed.topology import Topology
 from pipelocal.distributed.transport import (
+    HEADER_SIZE,
     Expected,
     Kind,
     Receiver,
@@ -61,7 +62,6 @@ def build_links(cfg, topo: Topology, groups: Groups, plan: Plan, stage: Stage, r
     s, method = topo.stage_index, stage.method
     shapes, num_modules, rows = method.info.module_shapes, method.info.num_modules, plan.batch_size
     depth, device, replay = cfg.pipeline.queue_depth, topo.device, cfg.pipeline.buffer == "replay"
-    max_rows = max(plan.batch_size, plan.eval_batch_size)
 
     context_shapes = {"raw": tuple(info.input_shape)}  # the batch fields a method may declare it needs
 
@@ -73,23 +73,23 @@ def build_links(cfg, topo: Topology, groups: Groups, plan: Plan, stage: Stage, r
     in_metas = None if topo.is_first_stage else link_metas(plan, shapes[ranges[s][0] - 1], context_into(s))
     out_context = {} if topo.is_last_stage else context_into(s + 1)
     out_metas = None if topo.is_last_stage else link_metas(plan, stage.output_shape, out_context)
-    handshake(topo, groups, out_metas, in_metas, rows)
+    handshake(topo, groups, out_metas, in_metas)
     links = Links()
     if in_metas is not None:
         # A replay link carries the training traffic; the forward group keeps evaluation and STOP.
         planned = [e for e in expectations(plan, in_metas) if not replay or e.kind in (Kind.EVAL, Kind.STOP)]
-        links.forward_in = ForwardIn(Receiver(groups.forward, topo.prev_rank, s, planned, depth, device, max_rows))
+        links.forward_in = ForwardIn(Receiver(groups.forward_channel, topo.prev_rank, s, planned, depth, device))
         if replay:
             p = cfg.pipeline
             buffer = ReplayBuffer(p.buffer_size, p.sampling, p.max_reuse, cfg.train.seed + s)
-            reader = LinkReader(groups.links[(s - 1) % 2], topo.prev_rank, s, in_metas[Kind.DATA], device, rows)
+            reader = LinkReader(groups.link_channel(s - 1), topo.prev_rank, s, in_metas[Kind.DATA], device)
             links.replay_in = ReplayIn(reader, buffer, s)
     if out_metas is not None:
-        sender = Sender(groups.forward, s, topo.next_rank, depth, max_rows, device)
+        sender = Sender(groups.forward_channel, s, topo.next_rank, depth, device)
         context = tuple(out_context)
         links.forward_out = ForwardOut(sender, out_metas, context, plan.batch_size, plan.eval_batch_size)
         if replay:
-            link = Sender(groups.links[s % 2], s, topo.next_rank, depth, rows, device)
+            link = Sender(groups.link_channel(s), s, topo.next_rank, depth, device)
             links.replay_out = ReplayOut(link, out_metas[Kind.DATA], context, rows)
     links.grads = _grad_links(cfg, topo, groups, plan, stage, ranges)
     links.ema = _ema_links(cfg, topo, groups, stage, ranges)
@@ -105,10 +105,10 @@ def _grad_links(cfg, topo: Topology, groups: Groups, plan: Plan, stage: Stage, r
         boundary = ranges[s + 1][0]
         expected = grad_expectations(plan, method, boundary, shapes[boundary - 1])
         if expected:
-            grads.receiver = Receiver(groups.backward, topo.next_rank, s, expected, depth, device, rows)
+            grads.receiver = Receiver(groups.backward_channel, topo.next_rank, s, expected, depth, device)
     if not topo.is_first_stage and grad_expectations(plan, method, stage.first, shapes[stage.first - 1]):
-        grads.sender = Sender(groups.backward, s, topo.prev_rank, depth, rows, device)
-        grads.metas = (TensorMeta(torch.float32, (rows, *shapes[stage.first - 1])),)
+        grads.sender = Sender(groups.backward_channel, s, topo.prev_rank, depth, device)
+        grads.metas = (TensorMeta(plan.grad_dtype, (rows, *shapes[stage.first - 1])),)
     return grads if grads.receiver is not None or grads.sender is not None else None
 
 
@@ -130,16 +130,16 @@ def _ema_links(cfg, topo: Topology, groups: Groups, stage: Stage, ranges) -> Ema
     return EmaLinks(stage, groups.weights, stage_of_unit, followers, cfg.method.ema_sync_every, topo)
 
 
-def handshake(topo: Topology, groups: Groups, out_metas, in_metas, rows: int) -> None:
-    """Stage s tells s+1 what it will send; s+1 checks it against what it expects (fail at start-up)."""
+def handshake(topo: Topology, groups: Groups, out_metas, in_metas) -> None:
+    """Stage s tells s+1 what it will send; s+1 checks it against what it expects (fail at start-up).
+    A header alone, on the forward channel's header group, ahead of every message on it."""
     works, incoming = [], None
     if in_metas is not None:
-        size = len(encode_header(Kind.DATA, -1, 0, in_metas[Kind.DATA], torch.zeros(0), rows))
-        incoming = torch.empty(size, dtype=torch.int64, device=topo.device)
-        works.append(dist.irecv(incoming, topo.prev_rank, group=groups.forward))
+        incoming = torch.empty(HEADER_SIZE, dtype=torch.int64)
+        works.append(dist.irecv(incoming, topo.prev_rank, group=groups.forward_headers))
     if out_metas is not None:
-        outgoing = encode_header(Kind.DATA, -1, 0, out_metas[Kind.DATA], torch.zeros(0), rows).to(topo.device)
-        works.append(dist.isend(outgoing, topo.next_rank, group=groups.forward))
+        outgoing = encode_header(Kind.DATA, -1, 0, out_metas[Kind.DATA])
+        works.append(dist.isend(outgoing, topo.next_rank, group=groups.forward_headers))
     for work in works:
         work.wait()
     if incoming is not None:

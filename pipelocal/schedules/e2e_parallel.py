@@ -67,8 +67,8 @@ class _Strategy:
         if meter:
             meter.reset_peak()
         loss = self.train_step(batch)
-        for opt in self.stage.optimizers:
-            opt.step()
+        for j, opt in enumerate(self.stage.optimizers):
+            self.stage.numerics.step(j, opt)
         rows = self.plan.train_rows[t % len(self.plan.train_rows)]
         # Every rank steps in lockstep, so they agree on a preemption with one small gloo all-reduce.
         flag = torch.tensor([int(self.halt_requested())])
@@ -109,13 +109,15 @@ class DDPLoop(_Strategy):
         return torch.tensor_split(tensor, self.world)[self.rank]
 
     def train_step(self, batch) -> torch.Tensor:
-        x, y = self._slice(batch.x), self._slice(batch.y)
+        numerics = self.stage.numerics
+        x, y = numerics.layout(self._slice(batch.x)), self._slice(batch.y)
+        numerics.dynamic_rows(x, y)
         meter = self.stage.meter
-        with meter.hooks() if meter else nullcontext():
+        with meter.hooks() if meter else nullcontext(), numerics.autocast():
             logits = self.ddp(x)
         # Sum over my rows / (global rows / world): after DDP's mean over ranks, the global batch's mean.
-        loss = F.cross_entropy(logits, y, reduction="sum") * self.world / len(batch)
-        loss.backward()
+        loss = F.cross_entropy(logits.float(), y, reduction="sum") * self.world / len(batch)
+        numerics.scale(0, loss).backward()
         return loss.detach() * len(batch) / max(len(y) * self.world, 1)
 
     @torch.no_grad()
@@ -123,9 +125,11 @@ class DDPLoop(_Strategy):
         self.stage.set_mode(False)
         correct = torch.zeros(1, dtype=torch.long)
         total = 0
+        numerics = self.stage.numerics
         for batch in self.test_loader:
-            x, y = self._slice(batch.x), self._slice(batch.y)
-            correct += (self.ddp.module(x).argmax(1) == y).sum().cpu()
+            x, y = numerics.layout(self._slice(batch.x)), self._slice(batch.y)
+            with numerics.autocast():
+                correct += (self.ddp.module(x).argmax(1) == y).sum().cpu()
             total += len(batch)
         dist.all_reduce(correct, group=self.control)  # at the end of evaluation: the replicas are in step anyway
         stats.correct = correct.tolist() if self.rank == 0 else []
@@ -147,7 +151,7 @@ class PipeliningLoop(_Strategy):
     def __init__(self, cfg, stage: Stage, plan: Plan, rank: int, world: int, loaders, schedule_cls, groups):
         super().__init__(stage, plan, rank, loaders, groups.control)
         self.is_first, self.is_last = rank == 0, rank == world - 1
-        self.module = _StageModule(stage.modules, self.is_last)
+        self.module = _StageModule(stage.modules, self.is_last, stage.numerics)
         pipe_stage = PipelineStage(self.module, rank, world, stage.device, group=groups.forward)
         self.schedule = schedule_cls(pipe_stage, n_microbatches=cfg.pipeline.microbatches, loss_fn=_loss)
 
@@ -204,21 +208,42 @@ class _WholeNet(nn.Module):
 
 
 class _StageModule(nn.Module):
-    """A stage's modules as one module for torch.distributed.pipelining; the last stage ends in the classifier."""
+    """A stage's modules as one module for torch.distributed.pipelining; the last stage ends in the classifier.
+    Forwards run under the stage's autocast; what a stage sends leaves in the compute dtype, as in the local
+    modes (the schedule infers the wire's dtypes from these outputs)."""
 
-    def __init__(self, modules, is_last: bool):
+    def __init__(self, modules, is_last: bool, numerics):
         super().__init__()
         self.parts = nn.ModuleList(modules)
         self.is_last = is_last
+        self.numerics = numerics
 
     def forward(self, x):
-        for part in self.parts:
-            x = part(x)
-        return self.parts[-1].head.logits(x) if self.is_last else x
+        if x.requires_grad and self.numerics.channels_last:
+            x = _ContiguousGrad.apply(x)
+        x = self.numerics.layout(x)
+        with self.numerics.autocast():
+            for part in self.parts:
+                x = self.numerics.boundary(part(x))
+            # The wire takes contiguous tensors only (a channels_last activation is not).
+            return self.parts[-1].head.logits(x) if self.is_last else x.contiguous()
+
+
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose gradient is made contiguous: a received input's gradient goes back over the wire, which
+    takes contiguous tensors only (through channels_last layers it would not be)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.contiguous()
 
 
 def _loss(logits, target):
-    return F.cross_entropy(logits, target)
+    return F.cross_entropy(logits.float(), target)
 
 
 def _device_ids(device: torch.device):
@@ -251,16 +276,21 @@ def _pipelining_builder(schedule_cls):
     return build
 
 
-def _microbatches_divide(cfg) -> None:
+def _check_pipelining(cfg) -> None:
     if cfg.data.batch_size % cfg.pipeline.microbatches:
         raise ConfigError(
             f"data.batch_size={cfg.data.batch_size} does not divide into pipeline.microbatches="
             f"{cfg.pipeline.microbatches}; pick sizes that divide"
         )
+    if cfg.train.precision == "fp16":
+        raise ConfigError(
+            f"mode={cfg.mode} with train.precision=fp16: torch.distributed.pipelining runs the backward itself, "
+            "so no per-stage loss scaling can be put in it; use train.precision=bf16 (no scaling needed)"
+        )
 
 
 DDP = ModeTraits(multi_process=True, end_to_end=True, one_module=True, data_parallel=True)
-PIPELINING = ModeTraits(multi_process=True, end_to_end=True, check=_microbatches_divide)
+PIPELINING = ModeTraits(multi_process=True, end_to_end=True, check=_check_pipelining)
 MODES.register("ddp")(Mode(build_ddp_loop, DDP))
 MODES.register("gpipe")(Mode(_pipelining_builder(ScheduleGPipe), PIPELINING))
 MODES.register("1f1b")(Mode(_pipelining_builder(Schedule1F1B), PIPELINING))

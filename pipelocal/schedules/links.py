@@ -23,13 +23,11 @@ from pipelocal.schedules.ema_links import EmaLinks
 from pipelocal.schedules.grad_links import GradLinks
 from pipelocal.schedules.replay import Entry, LinkReader, ReplayBuffer
 
-NO_LABELS = torch.zeros(0, dtype=torch.long)
-
 
 def batch_of(header, tensors) -> Batch:
-    """A received message as a batch: the activation, the labels from the header, the context after it."""
+    """A received message as a batch: the activation, its labels (received beside it, on its device), the context."""
     raw = tensors[1] if len(tensors) > 1 else None
-    return Batch(tensors[0], header.labels.to(tensors[0].device), raw)
+    return Batch(tensors[0], header.labels, raw)
 
 
 class ForwardIn:
@@ -67,7 +65,7 @@ class _Outbound:
         return tensors
 
     def stop(self) -> None:
-        self.sender.send(Kind.STOP, 0, 0, [], NO_LABELS, ())
+        self.sender.send(Kind.STOP, 0, 0, [], None, ())
         self.sender.flush()
 
     @property
@@ -101,7 +99,7 @@ class ReplayOut(_Outbound):
         self.sent += 1
 
     def end_epoch(self, epoch: int) -> None:
-        self.sender.send(Kind.EPOCH, epoch, 0, [], NO_LABELS, ())
+        self.sender.send(Kind.EPOCH, epoch, 0, [], None, ())
 
 
 class ReplayIn:

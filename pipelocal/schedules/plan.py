@@ -11,6 +11,7 @@ import torch
 
 from pipelocal.distributed.transport import Expected, Kind, TensorMeta
 from pipelocal.runtime.guidance import guide_for
+from pipelocal.runtime.numerics import Numerics
 from pipelocal.runtime.step import crossing_spans, net_spans
 
 
@@ -26,6 +27,8 @@ class Plan:
     eval_epochs: tuple[int, ...]
     guides: tuple = ()  # per global training step: its Guide, or None
     start: int = 0  # the first training step of this job (a resumed run starts where its checkpoint was taken)
+    dtype: torch.dtype = torch.float32  # of activations between stages (the compute dtype, runtime/numerics.py)
+    grad_dtype: torch.dtype = torch.float32  # of gradients between stages (unscaled)
 
     @classmethod
     def build(cls, cfg, train_len: int, test_len: int, start: int = 0) -> Plan:
@@ -34,6 +37,7 @@ class Plan:
         evals = tuple(e for e in range(epochs) if (e + 1) % every == 0 or e + 1 == epochs)
         steps = len(train)
         guides = tuple(guide_for(cfg.guidance, t // steps, t) for t in range(epochs * steps))
+        numerics = Numerics(cfg.train.precision, torch.device("cpu"))
         return cls(
             epochs,
             cfg.data.batch_size,
@@ -43,6 +47,8 @@ class Plan:
             evals,
             guides,
             start,
+            numerics.dtype,
+            numerics.grad_dtype,
         )
 
     def train_kind(self, step: int) -> Kind:
@@ -85,13 +91,14 @@ def _rows(n: int, batch: int, drop_last: bool) -> tuple[int, ...]:
 
 
 def link_metas(plan: Plan, shape: tuple[int, ...], context_shapes: dict[str, tuple[int, ...]]):
-    """Tensors on the wire into a stage: DATA carries the activation and the context; EVAL the activation."""
-    data = [TensorMeta(torch.float32, (plan.batch_size, *shape))]
+    """Tensors on the wire into a stage: DATA carries the activation (in the compute dtype) and the context
+    (input data: fp32); EVAL the activation."""
+    data = [TensorMeta(plan.dtype, (plan.batch_size, *shape))]
     data += [TensorMeta(torch.float32, (plan.batch_size, *s)) for s in context_shapes.values()]
     return {
         Kind.DATA: tuple(data),
         Kind.GUIDE: tuple(data),
-        Kind.EVAL: (TensorMeta(torch.float32, (plan.eval_batch_size, *shape)),),
+        Kind.EVAL: (TensorMeta(plan.dtype, (plan.eval_batch_size, *shape)),),
         Kind.STOP: (),
     }
 
@@ -112,6 +119,6 @@ def grad_expectations(plan: Plan, method, boundary: int, shape) -> list[Expected
         keys = grad_keys(plan, method, boundary, step)
         if keys:
             out.append(
-                Expected(Kind.GRAD, step, rows, (TensorMeta(torch.float32, (plan.batch_size, *shape)),) * len(keys))
+                Expected(Kind.GRAD, step, rows, (TensorMeta(plan.grad_dtype, (plan.batch_size, *shape)),) * len(keys))
             )
     return out

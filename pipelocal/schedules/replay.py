@@ -16,20 +16,22 @@ from __future__ import annotations
 
 import queue
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.distributed as dist
 
 from pipelocal.data import Batch
 from pipelocal.distributed.transport import (
+    HEADER_SIZE,
+    Channel,
     Expected,
     Kind,
     PeerError,
     WireError,
     check_header,
     decode_header,
-    header_size,
+    labels_meta,
 )
 
 
@@ -90,9 +92,8 @@ class ReplayBuffer:
 class LinkReader:
     """A thread that receives every training message of a replay link into a queue, as soon as it lands."""
 
-    def __init__(self, group, src: int, dst: int, metas, device, max_rows: int):
-        self.group, self.src, self.dst, self.metas, self.device = group, src, dst, metas, device
-        self.max_rows = max_rows
+    def __init__(self, channel: Channel, src: int, dst: int, metas, device):
+        self.channel, self.src, self.dst, self.metas, self.device = channel, src, dst, metas, device
         self.items: queue.Queue = queue.Queue()  # (header, tensors) | exception
         self._next_step = 0
         self.thread = threading.Thread(target=self._run, name=f"replay-reader-{src}->{dst}", daemon=True)
@@ -101,17 +102,20 @@ class LinkReader:
     def _run(self) -> None:
         try:
             while True:
-                header_buf = torch.empty(header_size(self.max_rows), dtype=torch.int64, device=self.device)
-                tensors = [torch.empty(m.shape, dtype=m.dtype, device=self.device) for m in self.metas]
-                works = [dist.irecv(header_buf, self.src, group=self.group)]
-                works[0].wait()
+                header_buf = torch.empty(HEADER_SIZE, dtype=torch.int64)  # host memory: decoding it is no sync
+                dist.irecv(header_buf, self.src, group=self.channel.headers).wait()
                 header = decode_header(header_buf)
                 self._check(header)
+                tensors = []
                 if header.kind == Kind.DATA:
-                    works = [dist.irecv(t, self.src, group=self.group) for t in tensors]
+                    wire = self.metas + labels_meta(Kind.DATA, self.metas)
+                    tensors = [torch.empty(m.shape, dtype=m.dtype, device=self.device) for m in wire]
+                    works = [dist.irecv(t, self.src, group=self.channel.data) for t in tensors]
                     for work in works:
                         work.wait()
-                self.items.put((header, [t[: header.valid] for t in tensors]))
+                    tensors = [t[: header.valid] for t in tensors]
+                    header = replace(header, labels=tensors.pop())
+                self.items.put((header, tensors))
                 if header.kind == Kind.STOP:
                     return
         except WireError as err:  # a bad message, a dead or stuck producer: the main loop raises it

@@ -13,6 +13,7 @@ import torch
 from pipelocal.data import Batch
 from pipelocal.metrics.memory import SavedTensorMeter
 from pipelocal.runtime import LocalNet
+from pipelocal.runtime.numerics import FP32, Numerics
 from pipelocal.runtime.step import Guide, StepResult, local_step
 
 
@@ -23,10 +24,14 @@ def train_step(
     per_module: bool,
     meter: SavedTensorMeter | None = None,
     guide: Guide | None = None,
+    numerics: Numerics = FP32,
 ) -> StepResult:
     """One batch through every module; ``per_module`` steps each optimizer right after its last backward
-    (DGL); ``guide`` makes it a guidance step. Heads that follow other units (MLAAN's EMA) update after."""
-    result = local_step(net.local_modules, batch.x, batch, optimizers, per_module, meter, guide=guide)
+    (DGL); ``guide`` makes it a guidance step; ``numerics``: precision, loss scaling, memory format. Heads that
+    follow other units (MLAAN's EMA) update after."""
+    result = local_step(
+        net.local_modules, batch.x, batch, optimizers, per_module, meter, guide=guide, numerics=numerics
+    )
     for module in net.local_modules:
         if module.head is not None:
             module.head.after_step(net.unit)

@@ -102,8 +102,11 @@ class StageLoop:
         return None
 
     def _straggle(self, stats, since: float) -> None:
-        """Straggler injection: sleep (factor - 1) x the step's measured compute (``pipeline.slowdown``)."""
-        if self.stage.device.type == "cuda":
+        """Straggler injection: sleep (factor - 1) x the step's measured compute (``pipeline.slowdown``).
+
+        Only then a sync per step: without injection, ``busy_s`` on CUDA counts the time to launch the step's
+        kernels (the host's side), not to run them, so that the host can run ahead of the device."""
+        if self.slowdown > 1 and self.stage.device.type == "cuda":
             torch.cuda.synchronize(self.stage.device)  # the compute to scale includes queued kernels
         busy = time.perf_counter() - since
         stats.busy_s += busy

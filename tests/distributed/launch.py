@@ -57,12 +57,13 @@ def torchrun(nproc: int, *args: str, env: dict | None = None, timeout: float = 1
     return out, time.perf_counter() - start
 
 
-def torchrun_runs(nproc: int, runs: list[list[str]], folder: Path, timeout: float = 300):
-    """Several runs one after another in one torchrun job (one start-up for all: runs_worker.py)."""
+def torchrun_runs(nproc: int, runs: list[list[str]], folder: Path, timeout: float = 300, target: tuple = ()):
+    """Several runs one after another in one torchrun job (one start-up for all: runs_worker.py, or ``target``,
+    a worker that takes the same file)."""
     spec = Path(folder) / "runs.json"
     spec.write_text(json.dumps(runs))
-    worker = str(Path(__file__).with_name("runs_worker.py"))
-    return torchrun(nproc, str(spec), timeout=timeout, target=(worker,))
+    target = target or (str(Path(__file__).with_name("runs_worker.py")),)
+    return torchrun(nproc, str(spec), timeout=timeout, target=target)
 
 
 def runs_fixture(nproc: int, cases: dict[str, list[str]], timeout: float = 600):

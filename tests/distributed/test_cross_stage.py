@@ -32,6 +32,9 @@ SYNC = [
     ("greedy", 4, 4, ["--guidance.every=2", "--guidance.combine=add", "--pipeline.queue_depth=4"]),
     ("mlaan", 2, 4, []),  # the cascade crosses the boundary every step
     ("mlaan", 4, 4, ["--guidance.every=2", "--guidance.combine=add"]),
+    # Mixed precision: gradients cross stages unscaled, in bf16 (bf16) or fp32 (fp16, between loss scales).
+    ("infopro", 2, 4, ["--guidance.every=2", "--train.precision=bf16"]),
+    ("mlaan", 2, 4, ["--train.precision=fp16", "--guidance.every=2"]),
 ]
 
 

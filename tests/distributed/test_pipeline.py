@@ -10,6 +10,7 @@ from pipelocal.data import build_loaders
 from pipelocal.optim import build_optimizers, lr_for_step, set_lr
 from pipelocal.runtime import build_local_net
 from pipelocal.runtime.guidance import guide_for
+from pipelocal.runtime.numerics import Numerics
 from pipelocal.schedules.sequential import train_step
 from tests.conftest import tiny_config
 from tests.distributed.launch import TINY, runs_fixture, torchrun
@@ -22,12 +23,16 @@ def sequential_state(overrides: list[str]) -> dict:
     loader, _, info = build_loaders(cfg.data, torch.device("cpu"), cfg.train.seed)
     net = build_local_net(cfg, info)
     opts = build_optimizers(net.local_modules, cfg.optim)
+    numerics = Numerics.of(cfg, torch.device("cpu"), len(opts))
+    for module in net.local_modules:
+        numerics.prepare(module)
     steps = min(len(loader), cfg.train.max_steps)
     for i, batch in enumerate(loader):
         if i == steps:
             break
         set_lr(opts, lr_for_step(cfg, 0, i, steps))
-        train_step(net, batch, opts, cfg.optim.step == "per_module", guide=guide_for(cfg.guidance, 0, i))
+        guide = guide_for(cfg.guidance, 0, i)
+        train_step(net, batch, opts, cfg.optim.step == "per_module", guide=guide, numerics=numerics)
     return net.state_dict()
 
 
@@ -43,6 +48,9 @@ CASES = [
     ("infopro", 4, 4, 1, []),
     ("infopro", 2, 4, 2, []),
     ("dgl", 2, 4, 1, ["--pipeline.stage_order=forward_first"]),
+    # The same ops on the same dtypes: exact in mixed precision too (activations cross stages in bf16/fp16).
+    ("infopro", 2, 4, 2, ["--train.precision=bf16", "--train.channels_last=true"]),
+    ("dgl", 2, 4, 1, ["--optim.step=per_module", "--train.precision=fp16"]),
 ]
 
 
@@ -50,7 +58,12 @@ def _overrides(method, k, depth, extra) -> list[str]:
     return [f"--method.name={method}", f"--split.num_modules={k}", f"--pipeline.queue_depth={depth}", *extra]
 
 
-IDS = [f"{c[0]}-P{c[1]}-K{c[2]}-q{c[3]}" for c in CASES]
+def _id(method, nproc, k, depth, extra) -> str:
+    numerics = [e.split("=")[1] for e in extra if e.startswith("--train.precision")]
+    return "-".join([f"{method}-P{nproc}-K{k}-q{depth}", *numerics])
+
+
+IDS = [_id(*c) for c in CASES]
 RUNS = {i: [*TINY, "--mode=pipeline", *_overrides(m, k, q, e)] for i, (m, p, k, q, e) in zip(IDS, CASES)}
 runs_p2 = runs_fixture(2, {i: args for i, args, c in zip(IDS, RUNS.values(), CASES) if c[1] == 2})
 runs_p4 = runs_fixture(4, {i: args for i, args, c in zip(IDS, RUNS.values(), CASES) if c[1] == 4})
@@ -59,7 +72,7 @@ runs_p4 = runs_fixture(4, {i: args for i, args, c in zip(IDS, RUNS.values(), CAS
 @pytest.mark.parametrize("method, nproc, k, depth, extra", CASES, ids=IDS)
 def test_pipeline_equals_sequential(request, method, nproc, k, depth, extra):
     out = request.getfixturevalue(f"runs_p{nproc}")
-    piped = load_merged(out / f"{method}-P{nproc}-K{k}-q{depth}")
+    piped = load_merged(out / _id(method, nproc, k, depth, extra))
     reference = sequential_state(_overrides(method, k, depth, extra))
     assert piped.keys() == reference.keys()
     for name, value in reference.items():

@@ -8,7 +8,7 @@ import sys
 import torch
 import torch.distributed as dist
 
-from pipelocal.distributed.transport import Expected, Kind, Receiver, TensorMeta, WireError, encode_header
+from pipelocal.distributed.transport import Channel, Expected, Kind, Receiver, Sender, TensorMeta, WireError
 
 ROWS = 4
 GOOD = (TensorMeta(torch.float32, (ROWS, 2, 3)),)
@@ -16,7 +16,8 @@ GOOD = (TensorMeta(torch.float32, (ROWS, 2, 3)),)
 
 def main(fault: str) -> int:
     dist.init_process_group("gloo")
-    rank = dist.get_rank()
+    rank, cpu = dist.get_rank(), torch.device("cpu")
+    channel = Channel(dist.new_group(backend="gloo"), dist.new_group(backend="gloo"))  # WORLD: the barrier
     if rank == 0:
         metas, step, kind = GOOD, 7, Kind.DATA
         tensor = torch.randn(ROWS, 2, 3)
@@ -28,18 +29,23 @@ def main(fault: str) -> int:
             metas, tensor = (TensorMeta(torch.float16, (ROWS, 2, 6)),), torch.randn(ROWS, 2, 6).half()
         elif fault == "shape":  # same byte count, other shape
             metas, tensor = (TensorMeta(torch.float32, (ROWS, 3, 2)),), torch.randn(ROWS, 3, 2)
-        header = encode_header(kind, step, ROWS, metas, torch.arange(ROWS), ROWS)
-        dist.send(header, 1)
-        dist.send(tensor, 1)
-        return 0
-    receiver = Receiver(dist.group.WORLD, 0, 1, [Expected(Kind.DATA, 7, ROWS, GOOD)], 1, torch.device("cpu"), ROWS)
+        sender = Sender(channel, 0, 1, 1, cpu)  # it checks tensors against metas only: these agree, wrongly
+        sender.send(kind, step, ROWS, [tensor], torch.arange(ROWS), metas)
+        sender.flush()
+    else:
+        receive(channel, cpu)
+    dist.barrier()  # rank 1 rejects a message on its header, before its tensors land: both wait until they have
+    return 0
+
+
+def receive(channel: Channel, cpu: torch.device) -> None:
+    receiver = Receiver(channel, 0, 1, [Expected(Kind.DATA, 7, ROWS, GOOD)], 1, cpu)
     try:
         header, tensors, _ = receiver.recv()
     except WireError as err:
         print(f"REJECTED: {err}", flush=True)
-        return 0
+        return
     print(f"ACCEPTED labels={header.labels.tolist()} shape={list(tensors[0].shape)}", flush=True)
-    return 0
 
 
 if __name__ == "__main__":
