@@ -48,13 +48,16 @@ from pipelocal.metrics.summary import RunSummary
 ROOT = Path(__file__).resolve().parent.parent
 ROWS = ("sequential", "pipeline", "e2e", "ddp", "1f1b")
 # Every switch explicit: the config file may set any of them (configs/default.yaml does).
-BF16 = ["--train.precision=bf16"]
 VARIANTS = {
-    "fp32": ["--train.precision=fp32", "--train.channels_last=false", "--train.compile=false"],
-    "bf16": [*BF16, "--train.channels_last=false", "--train.compile=false"],
-    "bf16+cl": [*BF16, "--train.channels_last=true", "--train.compile=false"],
-    "bf16+cl+compile": [*BF16, "--train.channels_last=true", "--train.compile=true"],
+    f"{precision}{'+cl' if cl else ''}{'+compile' if compiled else ''}": [
+        f"--train.precision={precision}",
+        f"--train.channels_last={str(cl).lower()}",
+        f"--train.compile={str(compiled).lower()}",
+    ]
+    for precision in ("fp32", "bf16")
+    for cl, compiled in ((False, False), (True, False), (True, True))
 }
+DEFAULT_VARIANTS = ["fp32", "bf16", "bf16+cl", "bf16+cl+compile"]  # the issue's; fp32+cl(+compile) on request
 ACCURACY_ROWS = ("sequential", "e2e")
 COLUMNS = [
     "row",
@@ -324,11 +327,24 @@ def plot(folder: Path, rows: list[list], args) -> None:
     fig.savefig(folder / "speed_features.png", dpi=110)
 
 
+def bf16_hardware() -> str:
+    """Whether this CPU computes bf16 in hardware (avx512_bf16 or AMX); without, oneDNN emulates it in fp32."""
+    if torch.cuda.is_available():
+        return f"CUDA bf16 supported: {torch.cuda.is_bf16_supported()}"
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return "CPU bf16 instructions: unknown"
+    found = sorted(flags & {"avx512_bf16", "amx_bf16", "avx_ne_convert"})
+    return f"CPU bf16 instructions: {', '.join(found) if found else 'none (bf16 is emulated)'}"
+
+
 def header(args, rows: list[list]) -> str:
     threads = f"every row {args.stages} cores in all, except sequential (1 process x 1 thread)"
     return (
         f"# Speed features: bf16, channels_last, torch.compile per execution mode\n\nhardware: {hardware()}; "
-        f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}; {threads}.\n\n"
+        f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, {bf16_hardware()}; "
+        f"{threads}.\n\n"
         f"config: {args.config} --split.balance=uniform {' '.join(args.set)}; batch {args.batch}; K = 4 for "
         f"sequential and pipeline (P = {args.stages}), method e2e for e2e/ddp/1f1b (1f1b {args.microbatches} "
         f"microbatches); {args.steps} steps x {args.epochs} epochs per run, the first epoch excluded (warm-up, "
@@ -356,7 +372,7 @@ def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/default.yaml")
     parser.add_argument("--rows", nargs="*", default=list(ROWS), choices=ROWS, help="none: skip the speed part")
-    parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="*", default=DEFAULT_VARIANTS, choices=list(VARIANTS))
     parser.add_argument("--stages", type=int, default=2, help="P: processes of the multi-process rows")
     parser.add_argument("--microbatches", type=int, default=4, help="1f1b's")
     parser.add_argument("--steps", type=int, default=30, help="training steps per epoch")

@@ -6,6 +6,10 @@ import pytest
 import torch
 
 from pipelocal.config import load_config
+from pipelocal.data import build_loaders
+from pipelocal.optim import build_optimizers
+from pipelocal.runtime import build_local_net
+from pipelocal.runtime.numerics import Numerics
 
 
 def tiny_config(*overrides: str, tmp_path=None):
@@ -25,6 +29,18 @@ def tiny_config(*overrides: str, tmp_path=None):
     if tmp_path is not None:
         base.append(f"--metrics.out_dir={tmp_path}")
     return load_config(None, base + list(overrides))
+
+
+def one_process(cfg):
+    """What a one-process run of ``cfg`` trains with, on CPU: its training loader, the net (in the configured
+    memory format), one optimizer per module, and the numerics (precision, loss scalers)."""
+    loader, _, info = build_loaders(cfg.data, torch.device("cpu"), cfg.train.seed)
+    net = build_local_net(cfg, info)
+    opts = build_optimizers(net.local_modules, cfg.optim)
+    numerics = Numerics.of(cfg, torch.device("cpu"), len(opts))
+    for module in net.local_modules:
+        numerics.prepare(module)
+    return loader, net, opts, numerics
 
 
 @pytest.fixture(autouse=True)

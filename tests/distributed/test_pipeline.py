@@ -6,13 +6,10 @@ import pytest
 import torch
 
 from pipelocal.checkpoint import load_merged
-from pipelocal.data import build_loaders
-from pipelocal.optim import build_optimizers, lr_for_step, set_lr
-from pipelocal.runtime import build_local_net
+from pipelocal.optim import lr_for_step, set_lr
 from pipelocal.runtime.guidance import guide_for
-from pipelocal.runtime.numerics import Numerics
 from pipelocal.schedules.sequential import train_step
-from tests.conftest import tiny_config
+from tests.conftest import one_process, tiny_config
 from tests.distributed.launch import TINY, runs_fixture, torchrun
 
 
@@ -20,12 +17,7 @@ def sequential_state(overrides: list[str]) -> dict:
     """The same job in sequential mode, in this process, for the same steps."""
     cfg = tiny_config(*TINY, *overrides, "--mode=sequential")
     torch.use_deterministic_algorithms(True)
-    loader, _, info = build_loaders(cfg.data, torch.device("cpu"), cfg.train.seed)
-    net = build_local_net(cfg, info)
-    opts = build_optimizers(net.local_modules, cfg.optim)
-    numerics = Numerics.of(cfg, torch.device("cpu"), len(opts))
-    for module in net.local_modules:
-        numerics.prepare(module)
+    loader, net, opts, numerics = one_process(cfg)
     steps = min(len(loader), cfg.train.max_steps)
     for i, batch in enumerate(loader):
         if i == steps:

@@ -7,25 +7,16 @@ import pytest
 import torch
 
 from pipelocal.config import ConfigError
-from pipelocal.data import build_loaders
-from pipelocal.optim import build_optimizers
-from pipelocal.runtime import build_local_net
-from pipelocal.runtime.numerics import Numerics
 from pipelocal.runtime.step import Guide, LocalStep, net_spans
 from pipelocal.schedules.sequential import train_step
-from tests.conftest import tiny_config
+from tests.conftest import one_process, tiny_config
 
 PLAIN_SGD = ["--optim.momentum=0", "--optim.nesterov=false", "--optim.weight_decay=0", "--optim.lr=0.5"]
 
 
 def _setup(precision: str, *extra: str):
     cfg = tiny_config("--split.num_modules=4", f"--train.precision={precision}", *PLAIN_SGD, *extra)
-    loader, _, info = build_loaders(cfg.data, torch.device("cpu"), cfg.train.seed)
-    net = build_local_net(cfg, info)
-    opts = build_optimizers(net.local_modules, cfg.optim)
-    numerics = Numerics.of(cfg, torch.device("cpu"), len(opts))
-    for m in net.local_modules:
-        numerics.prepare(m)
+    loader, net, opts, numerics = one_process(cfg)
     return net, opts, numerics, next(iter(loader))
 
 
@@ -102,10 +93,7 @@ def test_compiled_modules_match_eager_and_a_smaller_last_batch_compiles_nothing_
     nets = []
     for compiled in (False, True):
         cfg = tiny_config(*extra, *PLAIN_SGD, f"--train.compile={str(compiled).lower()}")
-        loader, _, info = build_loaders(cfg.data, torch.device("cpu"), cfg.train.seed)
-        net = build_local_net(cfg, info)
-        opts = build_optimizers(net.local_modules, cfg.optim)
-        numerics = Numerics.of(cfg, torch.device("cpu"), len(opts))
+        loader, net, opts, numerics = one_process(cfg)
         if compiled:
             from pipelocal.runtime.stage import compile_modules
 
