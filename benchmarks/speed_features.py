@@ -270,10 +270,11 @@ def accuracy_part(args, run_root: Path) -> tuple[list[list], list[Outcome]]:
     """Full epochs of sequential InfoPro and e2e, fp32 then bf16 (same seed); final/best top-1 and the gaps."""
     outcomes, rows = [], []
     for row in ACCURACY_ROWS:
-        pair = {p: run(row, p, 0, args, run_root, timed=False) for p in ("fp32", "bf16")}
+        base, half = args.accuracy_variants
+        pair = {v: run(row, v, 0, args, run_root, timed=False) for v in (base, half)}
         outcomes += pair.values()
-        for precision, o in pair.items():
-            rows.append(accuracy_row(row, precision, o, pair["fp32"]))
+        for variant, o in pair.items():
+            rows.append(accuracy_row(row, variant, o, pair[base]))
     return rows, outcomes
 
 
@@ -282,7 +283,7 @@ def accuracy_row(row: str, precision: str, o: Outcome, fp32: Outcome) -> list:
     if o.failure is not None:
         return [name, precision, f"failed: {o.failure}", None, None, None, None, None]
     s, base = o.summary, fp32.summary
-    compare = precision != "fp32" and base is not None
+    compare = o is not fp32 and base is not None
     return [
         name,
         precision,
@@ -360,11 +361,12 @@ def header(args, rows: list[list]) -> str:
 
 def accuracy_header(args) -> str:
     return (
-        f"# Accuracy: fp32 vs bf16\n\nhardware: {hardware()}; {args.accuracy_epochs} epochs, the full training and "
+        f"# Accuracy: {args.accuracy_variants[0]} vs {args.accuracy_variants[1]}\n\nhardware: {hardware()}; "
+        f"{args.accuracy_epochs} epochs, the full training and "
         f"test sets (unless --set limits them), batch {args.batch}, evaluation every epoch, the same seed; "
         f"config: {args.config} --split.balance=uniform {' '.join(args.set)}.\n\nbest top-1 is the best over "
-        "epochs; points = 100 x (bf16 - fp32).\n\ncommand: python benchmarks/speed_features.py "
-        + " ".join(sys.argv[1:])
+        f"epochs; points = 100 x ({args.accuracy_variants[1]} - {args.accuracy_variants[0]}).\n\n"
+        "command: python benchmarks/speed_features.py " + " ".join(sys.argv[1:])
     )
 
 
@@ -383,6 +385,13 @@ def parse_args():
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per run before it counts as failed")
     parser.add_argument("--accuracy", action="store_true", help="also the fp32 vs bf16 accuracy part")
     parser.add_argument("--accuracy-epochs", type=int, default=3)
+    parser.add_argument(
+        "--accuracy-variants",
+        nargs=2,
+        default=["fp32", "bf16"],
+        choices=list(VARIANTS),
+        help="the reference and the compared variant (e.g. fp32+cl bf16+cl: same math, faster on CPU)",
+    )
     parser.add_argument("--set", nargs="*", default=[], help="config overrides, section.key=value")
     parser.add_argument("--out", help="results folder (default: benchmarks/results/<hardware>-<date>/...)")
     args = parser.parse_args()

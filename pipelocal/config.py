@@ -248,12 +248,12 @@ class JobConfig:
                 "checkpoint.every_steps: a replay pipeline's stages train unplanned numbers of steps, so they have "
                 "no common mid-epoch step; use checkpoint.every_epochs with pipeline.buffer=replay"
             )
-        guided = self.guidance.every or self.guidance.warmup_epochs
-        if self.train.compile and self.guidance.mode == "async" and guided:
+        crossing = self.guidance.every or self.guidance.warmup_epochs or method_options(self.method.name).cross_module
+        if self.train.compile and self.guidance.mode == "async" and crossing and self.mode == "pipeline":
             raise ConfigError(
-                "train.compile with guidance.mode=async: async guidance runs each waiting step on a fresh copy of "
-                "the weights (weight stashing), which a compiled module would recompile for every step; use "
-                "guidance.mode=sync or train.compile=false"
+                "train.compile with guidance.mode=async: a pipeline stage then runs each step whose gradient comes "
+                "late on a copy of its weights (weight stashing, torch.func.functional_call), a path not tested "
+                "with compiled modules; use guidance.mode=sync or train.compile=false"
             )
         if mode.check is not None:
             mode.check(self)

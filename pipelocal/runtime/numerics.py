@@ -12,6 +12,9 @@ module boundary are handed over *unscaled* in ``grad_dtype``: bf16 needs no loss
 range), fp16 does, and each local module has its own optimizer stepping on its own, so each gets its own
 ``GradScaler`` (``scalers``); an fp16 gradient is unscaled as it leaves one module (into fp32, where small
 values survive) and scaled by the next module's factor as it enters, so modules never see each other's scale.
+An overflow in a gradient that crosses modules makes the module it came from skip its step and back off; the
+modules it reaches are non-finite too, so they skip their step and halve their scale as well (conservative:
+one backs off that need not have).
 """
 
 from __future__ import annotations
@@ -87,9 +90,17 @@ class Numerics:
     def scale(self, j: int, loss: torch.Tensor) -> torch.Tensor:
         return self.scalers[j].scale(loss) if self.scalers else loss
 
-    def grad_out(self, j: int, g: torch.Tensor) -> torch.Tensor:
-        """A gradient leaving optimizer ``j``'s module by its input: unscaled."""
-        return g.float() / self._factor(j) if self.scalers else g
+    def grad_out(self, j: int, g: torch.Tensor, params=()) -> torch.Tensor:
+        """A gradient leaving optimizer ``j``'s module by its input: unscaled. With fp16, an overflow in it is
+        this module's too: a non-finite ``g`` turns one of its ``params``' gradients non-finite (on the device,
+        ``+ 0 * sum(g)``), so its scaler skips the step and backs off, as it would for its own overflow."""
+        if not self.scalers:
+            return g
+        poison = g.float().sum() * 0  # 0, or NaN when g holds an inf or NaN
+        held = next((p for p in params if p.grad is not None), None)
+        if held is not None:
+            held.grad.add_(poison)
+        return g.float() / self._factor(j)
 
     def grad_in(self, j: int, g: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """An unscaled gradient entering optimizer ``j``'s module at its output ``like``."""

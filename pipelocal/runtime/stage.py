@@ -132,11 +132,12 @@ class Stage:
 def compile_modules(modules) -> None:
     """torch.compile each module's body and head in place (parameter names unchanged). The batch dimension is
     compiled dynamic from the first call (``mark_dynamic`` in the step), so the last, smaller batch of an epoch
-    reuses the graph instead of compiling again. Every body is an ``nn.Sequential``: their compiled graphs share
-    one code object, whose cache holds one entry per module and grad mode (training, evaluation), beyond
-    dynamo's default limit of 8 for K > 4; the limit is raised to fit, so nothing falls back to eager."""
+    reuses the graph instead of compiling again. Modules compiled in place share dynamo's cache: a body takes up
+    to three entries (training with its input requiring grad or not, evaluation), a head one or two, beyond
+    dynamo's default limit of 8 from a few modules on; the limit is raised to fit (with a margin), so nothing
+    falls back to eager."""
     config = torch._dynamo.config
-    config.recompile_limit = max(config.recompile_limit, 2 * len(modules) + 4)
+    config.recompile_limit = max(config.recompile_limit, 5 * len(modules) + 8)
     for m in modules:
         m.body.compile(dynamic=None)
         if m.head is not None:

@@ -242,10 +242,11 @@ class LocalStep:
             params = params + [p for p in self.modules[j].head.parameters() if p.requires_grad]
         inputs = (params + [x] if go_on else params) if x.requires_grad else None
         torch.autograd.backward(tensor, grad, retain_graph=self.uses[j] > 0, inputs=inputs)
+        if go_on:  # unscaled with the scale it was made with, before this module's step may update it
+            g, x.grad = self.numerics.grad_out(j, x.grad, params), None
         if not self.uses[j]:
             self._done(j)
         if go_on:
-            g, x.grad = self.numerics.grad_out(j, x.grad), None
             if j == 0:  # leaves this run of modules: the previous stage's last module
                 left = span_left - 1
                 self.upstream[left] = self.upstream[left] + g if left in self.upstream else g

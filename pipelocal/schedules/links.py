@@ -1,8 +1,9 @@
 """A stage's links to its neighbours, each a small object over the transport (DESIGN §4, Channels).
 
 - :class:`ForwardIn` / :class:`ForwardOut`: the planned, checked DATA/GUIDE/EVAL/STOP stream on the
-  ``forward`` group (fifo: bounded queue with backpressure, every batch used once);
-- :class:`ReplayIn` / :class:`ReplayOut`: a replay stream on a ``links`` group (schedules/replay.py): the
+  ``forward`` channel (its data group and the gloo twin its headers take; fifo: bounded queue with
+  backpressure, every batch used once);
+- :class:`ReplayIn` / :class:`ReplayOut`: a replay stream on a ``links`` channel (schedules/replay.py): the
   producer never blocks, the consumer trains on what its buffer offers;
 - gradient links (schedules/grad_links.py) and MLAAN's weight links (schedules/ema_links.py).
 

@@ -20,9 +20,9 @@ def _setup(precision: str, *extra: str):
     return net, opts, numerics, next(iter(loader))
 
 
-def _step(net, opts, numerics, batch, guide=None):
+def _step(net, opts, numerics, batch, guide=None, per_module=False):
     spans = net_spans(net.method, guide)
-    step = LocalStep(net.local_modules, opts, False, spans, numerics=numerics)
+    step = LocalStep(net.local_modules, opts, per_module, spans, numerics=numerics)
     step.forward(batch.x, batch, guide)
     return step.finish()
 
@@ -54,17 +54,21 @@ def test_fp16_overflow_skips_only_that_modules_step():
     assert numerics.scalers[1].get_scale() == 2.0**39 and numerics.scalers[0].get_scale() == 2.0**16
 
 
-def test_gradients_cross_modules_unscaled():
+@pytest.mark.parametrize("order", ["per_batch", "per_module"])
+def test_gradients_cross_modules_unscaled(order):
     """A guidance step's end-to-end gradient crosses every module; with each module at its own loss scale it
-    must give the fp32 step (to fp16 accuracy), and the same step whatever the scales are."""
-    guide = Guide("replace")
-    ref_net, ref_opts, ref_num, batch = _setup("fp32", "--method.name=greedy")
-    _step(ref_net, ref_opts, ref_num, batch, guide)
+    must give the fp32 step (to fp16 accuracy), and the same step whatever the scales are, also when a module
+    steps (and its scale grows) before the gradient it hands back has left it (per_module)."""
+    guide, step = Guide("replace"), f"--optim.step={order}"
+    ref_net, ref_opts, ref_num, batch = _setup("fp32", "--method.name=greedy", step)
+    _step(ref_net, ref_opts, ref_num, batch, guide, per_module=order == "per_module")
     for scales in ([2.0**16] * 4, [2.0**4, 2.0**20, 2.0**9, 2.0**14]):
-        net, opts, numerics, batch = _setup("fp16", "--method.name=greedy")
+        net, opts, numerics, batch = _setup("fp16", "--method.name=greedy", step)
         for scaler, scale in zip(numerics.scalers, scales):
             scaler.update(scale)
-        _step(net, opts, numerics, batch, guide)
+            scaler._growth_interval = 1  # every step that does not overflow doubles the scale
+        _step(net, opts, numerics, batch, guide, per_module=order == "per_module")
+        assert [s.get_scale() for s in numerics.scalers] == [2 * s for s in scales]
         for (name, want), got in zip(ref_net.state_dict().items(), net.state_dict().values()):
             if want.is_floating_point():
                 torch.testing.assert_close(got, want, atol=3e-3, rtol=3e-2, msg=f"{name} at scales {scales}")
@@ -112,7 +116,9 @@ def test_compiled_modules_match_eager_and_a_smaller_last_batch_compiles_nothing_
 def test_refused_combinations_say_why():
     with pytest.raises(ConfigError, match="use train.precision=bf16"):
         tiny_config("--mode=gpipe", "--method.name=e2e", "--train.precision=fp16")
-    with pytest.raises(ConfigError, match="weight stashing"):
-        tiny_config("--guidance.every=2", "--guidance.mode=async", "--train.compile=true")
+    for late in (["--guidance.every=2"], ["--method.name=mlaan"], ["--method.name=e2e"]):
+        with pytest.raises(ConfigError, match="weight stashing"):
+            tiny_config("--mode=pipeline", *late, "--guidance.mode=async", "--train.compile=true")
+    tiny_config("--mode=pipeline", "--guidance.mode=async", "--train.compile=true")  # nothing comes late
     with pytest.raises(ConfigError, match="train.precision"):
         tiny_config("--train.precision=fp8")
