@@ -29,6 +29,7 @@ TINY = [
     "--train.deterministic=true",
     "--metrics.console=plain",
     "--pipeline.timeout_s=20",
+    "--train.channels_last=false",  # default.yaml's speed switch (same math, other rounding)
 ]
 
 
