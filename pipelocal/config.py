@@ -174,6 +174,14 @@ class PipelineConfig:
     )
     max_reuse: int | None = option(None, "replay: most times one batch is trained on (None: no cap)")
     slowdown: SlowdownConfig = field(default_factory=SlowdownConfig)
+    replicas: int = option(
+        1,
+        "R, data-parallel replicas of the pipeline: torchrun starts P x R processes, each replica a full P-stage "
+        "pipeline training its shard of every batch; a stage's replicas average gradients (DESIGN §9)",
+    )
+    sync_batchnorm: bool = option(
+        False, "replicas > 1: BatchNorm statistics over the whole batch, all-reduced across a stage's replicas"
+    )
 
 
 @dataclass
@@ -255,9 +263,43 @@ class JobConfig:
                 "late on a copy of its weights (weight stashing, torch.func.functional_call), a path not tested "
                 "with compiled modules; use guidance.mode=sync or train.compile=false"
             )
+        _check_replicas(self)
         if mode.check is not None:
             mode.check(self)
         return self
+
+
+def _check_replicas(cfg: JobConfig) -> None:
+    """``pipeline.replicas``: what data parallelism of a local pipeline can serve."""
+    replicas = cfg.pipeline.replicas
+    if replicas < 1:
+        raise ConfigError(f"pipeline.replicas={replicas} must be at least 1")
+    if replicas == 1:
+        if cfg.pipeline.sync_batchnorm:
+            raise ConfigError("pipeline.sync_batchnorm=true needs pipeline.replicas > 1 (it syncs across replicas)")
+        return
+    if cfg.mode != "pipeline":
+        raise ConfigError(
+            f"pipeline.replicas={replicas} replicates a local pipeline (mode=pipeline); mode={cfg.mode} "
+            + (
+                "is data parallel already: its replicas are the processes torchrun starts"
+                if cfg.mode == "ddp"
+                else "does not take replicas: use mode=pipeline, or mode=ddp for data-parallel backprop"
+            )
+        )
+    if cfg.pipeline.buffer == "replay":
+        raise ConfigError(
+            "pipeline.buffer=replay with pipeline.replicas > 1: a replay stage trains as many steps as its buffer "
+            "allows, so a stage's replicas would not take the same steps and could not average their gradients; "
+            "use pipeline.buffer=fifo, or pipeline.replicas=1"
+        )
+    if cfg.data.batch_size < replicas or cfg.data.eval_batch_size < replicas:
+        raise ConfigError(
+            f"data.batch_size={cfg.data.batch_size} (eval {cfg.data.eval_batch_size}) cannot give each of "
+            f"pipeline.replicas={replicas} replicas a row; use larger batches or fewer replicas"
+        )
+    if cfg.pipeline.sync_batchnorm and cfg.model.norm != "batch":
+        raise ConfigError(f"pipeline.sync_batchnorm=true needs model.norm=batch (it is {cfg.model.norm})")
 
 
 def _check_method(cfg: JobConfig) -> None:

@@ -80,7 +80,9 @@ def run_job(cfg: JobConfig) -> RunSummary | None:
 def start(cfg: JobConfig, mode: Mode):
     """The topology (and process groups) of this process; threads and determinism as configured."""
     if mode.traits.multi_process:
-        topo, groups = init_distributed(cfg.pipeline.timeout_s, data_parallel=mode.traits.data_parallel)
+        topo, groups = init_distributed(
+            cfg.pipeline.timeout_s, data_parallel=mode.traits.data_parallel, replicas=cfg.pipeline.replicas
+        )
         threads = cfg.pipeline.threads if topo.device.type == "cpu" else 0
     else:
         check_single_process(cfg.mode)
@@ -139,8 +141,10 @@ def describe(cfg: JobConfig, topo: Topology, strategy, run_dir: Path) -> str:
     units = ", ".join(f"{i}:{u}" for i, u in enumerate(stage.module_units))
     where = f"{topo.backend} on {topo.device.type}" if topo.distributed else str(topo.device)
     queue = f" | queue depth {cfg.pipeline.queue_depth}" if topo.num_stages > 1 else ""
+    replicas = f" x R={topo.dp}" if cfg.pipeline.replicas > 1 else ""
     return (
-        f"{cfg.mode} | {cfg.method.name} | {cfg.model.name}-{cfg.model.depth} | K={k} P={topo.num_stages}{queue} | "
+        f"{cfg.mode} | {cfg.method.name} | {cfg.model.name}-{cfg.model.depth} | K={k} P={topo.num_stages}{replicas}"
+        f"{queue} | "
         f"units {units} | {cfg.data.name} | {where} | run dir {run_dir}"
     )
 

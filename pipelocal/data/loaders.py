@@ -38,12 +38,17 @@ class TensorLoader:
         self.seed = seed
         self.drop_last = drop_last
         self.epoch, self.start = 0, 0
+        self.replica, self.replicas = 0, 1
         self.mean = torch.tensor(recipe.mean, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(recipe.std, device=device).view(1, -1, 1, 1)
 
     @property
     def num_samples(self) -> int:
         return len(self.labels)
+
+    def shard(self, replica: int, replicas: int) -> None:
+        """Yield replica ``replica``'s part of every batch (training) or every ``replicas``-th batch (evaluation)."""
+        self.replica, self.replicas = replica, replicas
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         """The next iteration is epoch ``epoch``'s, from batch ``start`` on (a resumed run): the order and the
@@ -61,8 +66,11 @@ class TensorLoader:
         for i in range(len(self)):
             index = order[i * self.batch_size : (i + 1) * self.batch_size]
             draws = augment_draws(len(index), self.recipe, gen) if self.train else {}
-            if i < self.start:
+            if i < self.start or (not self.train and i % self.replicas != self.replica):
                 continue  # skipped, but its random draws are taken, so later batches are the same
+            if self.train and self.replicas > 1:
+                index = index.tensor_split(self.replicas)[self.replica]
+                draws = {name: d.tensor_split(self.replicas)[self.replica] for name, d in draws.items()}
             index = to_device(index, self.device)
             draws = {name: to_device(d, self.device) for name, d in draws.items()}
             raw = self.images[index].float().div_(255)
@@ -126,14 +134,12 @@ class FolderLoader:
         self.mean = torch.tensor(recipe.mean, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(recipe.std, device=device).view(1, -1, 1, 1)
         batch_size = cfg.batch_size if train else cfg.eval_batch_size
-        self.sampler = EpochSampler(len(self.dataset), batch_size, train, seed)
+        self.batches = EpochBatches(len(self.dataset), batch_size, train, seed, train and cfg.drop_last)
         self.loader = torch.utils.data.DataLoader(
             self.dataset,
-            batch_size=batch_size,
-            sampler=self.sampler,
+            batch_sampler=self.batches,
             num_workers=cfg.workers,
             pin_memory=device.type == "cuda",
-            drop_last=train and cfg.drop_last,
             persistent_workers=cfg.workers > 0,
         )
 
@@ -141,8 +147,11 @@ class FolderLoader:
     def num_samples(self) -> int:
         return len(self.dataset)
 
+    def shard(self, replica: int, replicas: int) -> None:
+        self.batches.shard(replica, replicas)
+
     def set_epoch(self, epoch: int, start: int = 0) -> None:
-        self.sampler.set_epoch(epoch, start)
+        self.batches.set_epoch(epoch, start)
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -153,26 +162,40 @@ class FolderLoader:
             yield Batch((raw - self.mean) / self.std, y.to(self.device, non_blocking=True), raw)
 
 
-class EpochSampler(torch.utils.data.Sampler):
-    """The order of an epoch from (seed, epoch) alone, from batch ``start`` on: a resumed run reads the same
-    samples in the same order. (Workers' augmentation draws are not replayed: a resumed folder run sees the
-    same images, differently cropped.)"""
+class EpochBatches(torch.utils.data.Sampler):
+    """The batches of an epoch from (seed, epoch) alone, from batch ``start`` on: a resumed run reads the same
+    samples in the same order. With replicas (``shard``): this replica's part of every training batch, or every
+    ``replicas``-th evaluation batch, as TensorLoader. (Workers' augmentation draws are not replayed: a resumed
+    folder run sees the same images, differently cropped.)"""
 
-    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int):
-        self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
+    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int, drop_last: bool):
+        self.n, self.batch_size, self.shuffle, self.seed, self.drop_last = n, batch_size, shuffle, seed, drop_last
         self.epoch, self.start = 0, 0
+        self.replica, self.replicas = 0, 1
+
+    def shard(self, replica: int, replicas: int) -> None:
+        self.replica, self.replicas = replica, replicas
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         self.epoch, self.start = epoch, start
 
-    def __len__(self) -> int:
-        return self.n - min(self.start * self.batch_size, self.n)
-
-    def __iter__(self):
+    def _batches(self) -> list[torch.Tensor]:
         gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         order = torch.randperm(self.n, generator=gen) if self.shuffle else torch.arange(self.n)
-        start, self.start = self.start, 0
-        return iter(order[start * self.batch_size :].tolist())
+        batches = list(order.split(self.batch_size))
+        if self.drop_last and batches and len(batches[-1]) < self.batch_size:
+            batches.pop()
+        batches = batches[self.start :]
+        if not self.shuffle:
+            return batches[self.replica :: self.replicas]
+        return [b.tensor_split(self.replicas)[self.replica] for b in batches]
+
+    def __len__(self) -> int:
+        return len(self._batches())
+
+    def __iter__(self):
+        batches, self.start = self._batches(), 0
+        return iter(b.tolist() for b in batches)
 
 
 def _folder_loaders(cfg: DataConfig, device: torch.device, seed: int):

@@ -15,17 +15,22 @@ are created in the same order on every rank (DESIGN §4, Channels):
 - ``control``: gloo, collectives for start-up, epoch-end metrics and evaluation results;
 - ``stats``: gloo, point-to-point live metrics to rank 0 (kept apart from ``control`` because gloo
   collectives number their tags from 0 too, and p2p tags must not collide with them);
-- ``preempt``: gloo, a background thread's flag exchange (preemption.py), apart from the main thread's.
+- ``preempt``: gloo, a background thread's flag exchange (preemption.py), apart from the main thread's;
+- ``dp``, ``dp_host`` (R > 1 replicas of the pipeline): this stage's replicas, the ``dp`` dimension of a
+  ``(pp, dp)`` device mesh (the backend's group: gradient all-reduces, synchronised BatchNorm) and its gloo
+  twin (host-side agreements: a preemption, which late gradients to apply).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
 from pipelocal.config import ConfigError
 from pipelocal.distributed.topology import Topology
@@ -44,6 +49,9 @@ class Groups:
     control: dist.ProcessGroup
     stats: dist.ProcessGroup
     preempt: dist.ProcessGroup
+    dp: dist.ProcessGroup | None = None
+    dp_host: dist.ProcessGroup | None = None
+    mesh: DeviceMesh | None = None
 
     @property
     def forward_channel(self) -> Channel:
@@ -62,9 +70,10 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def init_distributed(timeout_s: float, data_parallel: bool = False) -> tuple[Topology, Groups]:
+def init_distributed(timeout_s: float, data_parallel: bool = False, replicas: int = 1) -> tuple[Topology, Groups]:
     """Join the job torchrun started; fail at start-up (not at the first send) when the setup is wrong.
-    ``data_parallel``: every process is a replica of the whole net (ddp), not a pipeline stage."""
+    ``data_parallel``: every process is a replica of the whole net (ddp), not a pipeline stage; ``replicas``:
+    R copies of a P-stage pipeline, P = world size / R, on a ``(pp, dp)`` device mesh."""
     if not launched_by_torchrun():
         raise ConfigError(
             "mode=pipeline runs one process per stage: start it with torchrun, e.g. "
@@ -94,8 +103,24 @@ def init_distributed(timeout_s: float, data_parallel: bool = False) -> tuple[Top
         stats=dist.new_group(backend="gloo", timeout=timeout),
         preempt=dist.new_group(backend="gloo", timeout=timeout),
     )
-    dp = world if data_parallel else 1
-    return Topology.of_world(world, rank, device, backend, local_rank, dp=dp), groups
+    topo = Topology.of_world(world, rank, device, backend, local_rank, dp=world if data_parallel else replicas)
+    if replicas > 1:
+        groups = replicated(groups, topo, timeout)
+    return topo, groups
+
+
+def replicated(groups: Groups, topo: Topology, timeout: timedelta) -> Groups:
+    """Add the ``(pp, dp)`` device mesh and this stage's ``dp`` groups. The mesh's rank order is the topology's
+    (``rank = stage * R + replica``); every rank creates every stage's gloo twin (``new_group`` is collective)."""
+    mesh = init_device_mesh(topo.device.type, (topo.pp, topo.dp), mesh_dim_names=("pp", "dp"))
+    dp = mesh.get_group("dp")
+    if dist.get_process_group_ranks(dp) != [topo.rank_of_replica(r) for r in range(topo.dp)]:
+        raise RuntimeError(f"device mesh dp group {dist.get_process_group_ranks(dp)} is not this stage's replicas")
+    twins = [
+        dist.new_group([s * topo.dp + r for r in range(topo.dp)], backend="gloo", timeout=timeout)
+        for s in range(topo.pp)
+    ]
+    return dataclasses.replace(groups, dp=dp, dp_host=twins[topo.stage_index], mesh=mesh)
 
 
 def job_store(rank: int, world: int, timeout: timedelta) -> dist.Store:

@@ -42,7 +42,10 @@ class Topology:
     @classmethod
     def of_world(cls, world_size: int, rank: int, device, backend: str, local_rank: int, dp: int = 1) -> Topology:
         if world_size % dp:
-            raise ConfigError(f"{world_size} processes do not divide into {dp} data replicas")
+            raise ConfigError(
+                f"torchrun started {world_size} processes, which do not divide into pipeline.replicas={dp}: "
+                f"start P x R processes (e.g. --nproc_per_node={dp * max(world_size // dp, 1)})"
+            )
         return cls(pp=world_size // dp, rank=rank, device=device, backend=backend, local_rank=local_rank, dp=dp)
 
     @property
@@ -84,6 +87,10 @@ class Topology:
             raise ValueError(f"stage {stage} is outside the pipeline's stages 0..{self.pp - 1}")
         return stage * self.dp + self.replica
 
+    def rank_of_replica(self, replica: int) -> int:
+        """The rank of this stage's ``replica``."""
+        return self.stage_index * self.dp + replica
+
     @property
     def prev_rank(self) -> int | None:
         """The rank of the previous stage (None on the first stage)."""
@@ -95,5 +102,8 @@ class Topology:
         return None if self.is_last_stage else self.rank_of(self.stage_index + 1)
 
     def other_ranks(self) -> list[int]:
-        """Every rank but the coordinator's (the live metrics' senders)."""
-        return [r for r in range(self.world_size) if r != 0]
+        """The live metrics' senders: the first replica of every later stage (one process per stage, so the
+        live table has a row per stage), or every other replica of a one-stage job."""
+        if self.pp == 1:
+            return list(range(1, self.world_size))
+        return [s * self.dp for s in range(1, self.pp)]

@@ -253,6 +253,15 @@ class Receiver:
         _, buffers, works = self._posted[0]
         return _arrived(buffers[0], works[0])
 
+    def arrived(self) -> int:
+        """How many of the next planned messages have landed, in order (their headers: as ``ready``)."""
+        count = 0
+        for _, buffers, works in self._posted:
+            if not _arrived(buffers[0], works[0]):
+                break
+            count += 1
+        return count
+
     def recv(self) -> tuple[Header, list[torch.Tensor], int]:
         """The next planned message: checked header (with its labels), its tensors (views of fixed buffers),
         and staleness: how many later messages have already arrived (the producer's lead, from the headers)."""

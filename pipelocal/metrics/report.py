@@ -39,6 +39,10 @@ def closing_report(summary: RunSummary, console: Console) -> None:
             reused = s.steps - s.fresh if s.reuse else 0
             row += [s.steps, s.fresh if s.reuse else s.steps, reused, s.dropped_unused]
             row += [f"{st.p50}/{st.p95}/{st.max}", round(s.buffer_bytes_peak / MIB, 1)]
+    if any(s.replicas > 1 for s in stages):
+        columns += ["replicas", "wait all-reduce", "all-reduce ms/step"]
+        for row, s in zip(rows, stages):
+            row += [s.replicas, round(s.dp_wait_frac_median, 3), round(s.dp_wait_s_per_step_median * 1e3, 1)]
     if any(s.sleep_s_per_step_median for s in stages):
         columns.append("injected sleep ms/step")
         for row, s in zip(rows, stages):

@@ -36,7 +36,8 @@ class RunLog:
         self.every = (cfg.pipeline.live_every or cfg.metrics.log_every) if topo.distributed else cfg.metrics.log_every
         coordinator, distributed = topo.is_coordinator, topo.distributed
         self.collector = LiveCollector(stats_group, topo.other_ranks()) if coordinator and distributed else None
-        self.reporter = LiveReporter(stats_group) if distributed and not coordinator else None
+        reports = distributed and topo.rank in topo.other_ranks()
+        self.reporter = LiveReporter(stats_group) if reports else None
         self.log = JsonlWriter(self.run_dir / "metrics.jsonl") if coordinator else None
         self.live = JsonlWriter(self.run_dir / "live.jsonl") if coordinator else None
         self.history = [EpochRecord.from_dict(r) for r in history]  # epochs before a resume (from the checkpoint)
@@ -52,6 +53,8 @@ class RunLog:
             def on_step(stats: StageStats, result, current_waits, lr: float) -> None:
                 if stats.steps % self.every and stats.steps != steps:
                     return
+                if self.reporter is None and not self.topo.is_coordinator:
+                    return  # a later replica of a stage: its first replica's row stands for it
                 waits_now = current_waits()
                 elapsed = time.perf_counter() - start
                 row = _live_row(epoch, steps, stats, result, elapsed, waits, waits_now)

@@ -54,6 +54,8 @@ class StageStats:
     buffer_bytes_peak: int = 0
     cuda_peak_bytes: int | None = None
     static_bytes: dict = field(default_factory=dict)  # parameters, gradients, optimizer state (metrics/memory.py)
+    dp_wait_s: float = 0.0  # replicas: optimizer steps waiting for their gradients' all-reduce (not hidden by overlap)
+    replicas: int = 1  # processes whose figures these are (a stage's data-parallel replicas, merged)
     # Running sums on the device (no host sync per step); turned into ``loss`` by ``close``.
     _loss_sum: torch.Tensor | None = field(default=None, repr=False)
     _local_steps: int = 0
@@ -61,7 +63,33 @@ class StageStats:
 
     @property
     def compute_s(self) -> float:
-        return self.wall_s - self.recv_wait_s - self.send_wait_s - self.grad_wait_s
+        return self.wall_s - self.recv_wait_s - self.send_wait_s - self.grad_wait_s - self.dp_wait_s
+
+    @classmethod
+    def merge(cls, replicas: list[StageStats]) -> StageStats:
+        """A stage's R replicas as one stage: samples and correct predictions add up (each replica trains and
+        evaluates its own shard), times and losses are the replicas' means, peaks their maxima."""
+        if len(replicas) == 1:
+            return replicas[0]
+        first, n = replicas[0], len(replicas)
+        mean = lambda name: sum(getattr(r, name) for r in replicas) / n  # noqa: E731
+        merged = dataclasses.replace(first, replicas=n)
+        for name in ("wall_s", "recv_wait_s", "send_wait_s", "log_s", "grad_wait_s", "sleep_s", "busy_s", "dp_wait_s"):
+            setattr(merged, name, mean(name))
+        merged.samples = sum(r.samples for r in replicas)
+        merged.eval_samples = sum(r.eval_samples for r in replicas)
+        merged.correct = [-1 if min(c) < 0 else sum(c) for c in zip(*[r.correct for r in replicas])]
+        merged.loss = [sum(v) / n for v in zip(*[r.loss for r in replicas])]
+        losses = [r.guide_loss for r in replicas if r.guide_loss is not None]
+        merged.guide_loss = sum(losses) / len(losses) if losses else None
+        merged.saved_peak = [max(v) for v in zip(*[r.saved_peak for r in replicas])]
+        merged.staleness = [v for r in replicas for v in r.staleness]
+        merged.delays = [v for r in replicas for v in r.delays]
+        for name in ("kept_bytes_peak", "stash_bytes_peak"):
+            setattr(merged, name, max(getattr(r, name) for r in replicas))
+        peaks = [r.cuda_peak_bytes for r in replicas if r.cuda_peak_bytes is not None]
+        merged.cuda_peak_bytes = max(peaks) if peaks else None
+        return merged
 
     def add(self, result) -> None:
         """Count one finished step (a ``runtime.step.StepResult``)."""
@@ -139,6 +167,9 @@ class StageEpoch:
     dropped_unused: int
     buffer_bytes_peak: int
     static_bytes: dict
+    dp_wait_frac: float = 0.0  # replicas: waiting for the gradient all-reduce, of wall time
+    dp_wait_s_per_step: float = 0.0
+    replicas: int = 1
 
     @classmethod
     def of(cls, g: StageStats) -> StageEpoch:
@@ -175,6 +206,9 @@ class StageEpoch:
             dropped_unused=g.dropped_unused,
             buffer_bytes_peak=g.buffer_bytes_peak,
             static_bytes=g.static_bytes,
+            dp_wait_frac=g.dp_wait_s / wall,
+            dp_wait_s_per_step=g.dp_wait_s / steps,
+            replicas=g.replicas,
         )
 
     def cells(self) -> list:
@@ -204,6 +238,11 @@ class EpochRecord:
 
     @classmethod
     def of(cls, epoch: int, gathered: list[StageStats]) -> EpochRecord:
+        """``gathered``: every rank's figures in rank order (a stage's replicas side by side: merged here)."""
+        by_stage: dict[int, list[StageStats]] = {}
+        for g in gathered:
+            by_stage.setdefault(g.stage, []).append(g)
+        gathered = [StageStats.merge(by_stage[s]) for s in sorted(by_stage)]
         stages = [StageEpoch.of(g) for g in gathered]
         record = cls(epoch, stages, stages[-1].samples_per_s)
         if gathered[0].correct:  # evaluated: each stage counted its own heads' correct predictions

@@ -46,6 +46,9 @@ class StageSummary:
     buffer_bytes_peak: int
     static_bytes: dict
     train_seconds: float
+    dp_wait_frac_median: float = 0.0
+    dp_wait_s_per_step_median: float = 0.0
+    replicas: int = 1
 
     @classmethod
     def of(cls, rows: list[StageEpoch]) -> StageSummary:
@@ -84,6 +87,9 @@ class StageSummary:
             buffer_bytes_peak=max(r.buffer_bytes_peak for r in rows),
             static_bytes=rows[-1].static_bytes,
             train_seconds=sum(r.wall_s for r in rows),
+            dp_wait_frac_median=med("dp_wait_frac"),
+            dp_wait_s_per_step_median=med("dp_wait_s_per_step"),
+            replicas=rows[-1].replicas,
         )
 
     @property

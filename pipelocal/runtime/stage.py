@@ -9,6 +9,7 @@ from torch import nn
 
 from pipelocal import checkpoint
 from pipelocal.config import JobConfig
+from pipelocal.distributed.sync_norm import convert_sync_batchnorm
 from pipelocal.metrics.memory import SavedTensorMeter, static_bytes
 from pipelocal.optim import build_optimizers
 from pipelocal.runtime.local_net import LocalNet
@@ -24,7 +25,9 @@ class Stage:
     own (MLAAN's EMA sources) are kept as copies, refreshed by the stage loop from their owners.
     """
 
-    def __init__(self, net: LocalNet, module_range: tuple[int, int], cfg: JobConfig, device: torch.device):
+    def __init__(
+        self, net: LocalNet, module_range: tuple[int, int], cfg: JobConfig, device: torch.device, replicas=None
+    ):
         self.first, self.last = module_range
         self.indices = list(range(self.first, self.last))
         self.output_shape = net.method.info.module_shapes[self.last - 1]  # from the build's dry forward
@@ -37,6 +40,10 @@ class Stage:
                 net.local_modules[i] = nn.Identity()  # free what other stages own
         self.net = net
         self.modules = [net.local_modules[i].to(device) for i in self.indices]
+        self.replicas = replicas  # distributed/data_parallel.py: this stage's replicas (None: R = 1)
+        if replicas is not None and cfg.pipeline.sync_batchnorm:
+            for m in self.modules:
+                convert_sync_batchnorm(m, replicas.group)
         self.method = net.method
         self.optimizers = build_optimizers(self.modules, cfg.optim)
         self.numerics = Numerics.of(cfg, device, len(self.optimizers))
@@ -50,8 +57,9 @@ class Stage:
         self.meter = SavedTensorMeter(p for m in self.modules for p in m.parameters()) if cfg.metrics.memory else None
         self.device = device
 
-    def begin(self, spans) -> LocalStep:
-        """A training step of this stage's modules, given every module's term spans on this batch."""
+    def begin(self, spans, weight: float = 1.0) -> LocalStep:
+        """A training step of this stage's modules, given every module's term spans on this batch (and, with
+        replicas, this replica's share of the global batch)."""
         return LocalStep(
             self.modules,
             self.optimizers,
@@ -61,6 +69,8 @@ class Stage:
             self.forward_first,
             self.asynchronous,
             self.numerics,
+            self.replicas,
+            weight,
         )
 
     def unit(self, u: int) -> nn.Module:

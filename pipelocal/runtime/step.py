@@ -106,10 +106,20 @@ class LocalStep:
     """
 
     def __init__(
-        self, modules, optimizers, per_module, spans, meter=None, forward_first=False, stash=False, numerics=FP32
+        self,
+        modules,
+        optimizers,
+        per_module,
+        spans,
+        meter=None,
+        forward_first=False,
+        stash=False,
+        numerics=FP32,
+        replicas=None,
+        weight=1.0,
     ):
         self.modules, self.optimizers, self.per_module = list(modules), optimizers, per_module
-        self.numerics = numerics
+        self.numerics, self.replicas, self.weight = numerics, replicas, weight
         self.meter, self.forward_first, self.stash = meter, forward_first, stash
         self.first, self.last = self.modules[0].index, self.modules[-1].index
         self.own = [spans[m.index] for m in self.modules]
@@ -197,11 +207,12 @@ class LocalStep:
         """Optimizer steps of this batch (with ``stash``: of what has arrived so far)."""
         self._unstash_grads()
         if not self.per_module:
-            for j, opt in enumerate(self.optimizers):
-                self.numerics.step(j, opt)
+            for j in range(len(self.optimizers)):
+                self._step(j)
         elif self.stash:
             for j in self.kept:  # still waiting for a late gradient: step with the local part now
-                self.numerics.step(j, self.optimizers[j])
+                self._step(j)
+        self._settle()
         return StepResult(self.output, self.losses, self.peaks, self.guided)
 
     def finish_late(self) -> None:
@@ -211,8 +222,21 @@ class LocalStep:
             self.optimizers[j].zero_grad(set_to_none=True)
         self._unstash_grads()
         for j in touched:
-            self.numerics.step(j, self.optimizers[j])
+            self._step(j)
+        self._settle()
         self.stashed.clear()
+
+    def _step(self, j: int) -> None:
+        """Module j's optimizer step; with replicas, once the all-reduce launched now has summed its gradients."""
+        if self.replicas is None:
+            self.numerics.step(j, self.optimizers[j])
+        else:
+            self.replicas.launch(j, self.params[j])  # body and head: a stashed body's gradients are unstashed
+
+    def _settle(self) -> None:
+        if self.replicas is not None:
+            for j in self.replicas.completed():
+                self.numerics.step(j, self.optimizers[j])
 
     def _unstash_grads(self) -> None:
         for j, copies in self.stashed.items():
@@ -232,7 +256,7 @@ class LocalStep:
         """Backward from a loss (``grad`` None) or from an unscaled gradient of module j's output ``tensor``."""
         x, _ = self.kept[j]
         if grad is None:
-            tensor = self.numerics.scale(j, tensor)
+            tensor = self.numerics.scale(j, tensor if self.weight == 1 else tensor * self.weight)
         else:
             grad = self.numerics.grad_in(j, grad, tensor)
         self.uses[j] -= 1
@@ -256,7 +280,7 @@ class LocalStep:
     def _done(self, j: int) -> None:
         self.kept.pop(j, None)
         if self.per_module and j not in self.stashed:
-            self.numerics.step(j, self.optimizers[j])
+            self._step(j)
 
 
 def _loss_groups(module, h, batch, guide, spans, losses) -> dict[int, torch.Tensor]:

@@ -13,6 +13,8 @@ import torch
 import torch.distributed as dist
 
 from pipelocal.config import ConfigError
+from pipelocal.data import build_loaders
+from pipelocal.distributed.data_parallel import Replicas
 from pipelocal.distributed.setup import Groups
 from pipelocal.distributed.topology import Topology
 from pipelocal.distributed.transport import (
@@ -44,8 +46,14 @@ def build_stage_loop(cfg, topo: Topology, groups: Groups | None, setup: dict, lo
     net = build_local_net(cfg, setup["info"], setup["ranges"])
     per_stage = cfg.pipeline.modules_per_stage if topo.num_stages > 1 else None  # says how P > 1 stages share
     ranges = stage_ranges(net.num_modules, topo.num_stages, per_stage)
-    stage = Stage(net, ranges[topo.stage_index], cfg, topo.device)
-    plan = Plan.build(cfg, setup["train_len"], setup["test_len"], setup["start_step"])
+    replicas = Replicas(groups.dp, groups.dp_host, topo.replica, topo.dp) if cfg.pipeline.replicas > 1 else None
+    stage = Stage(net, ranges[topo.stage_index], cfg, topo.device, replicas)
+    shard = (topo.replica, topo.dp) if replicas is not None else (0, 1)
+    plan = Plan.build(cfg, setup["train_len"], setup["test_len"], setup["start_step"], shard)
+    if replicas is not None and topo.is_first_stage:  # every replica's first stage reads its shard of the data
+        loaders = loaders or build_loaders(cfg.data, topo.device, cfg.train.seed)[:2]
+        for loader in loaders:
+            loader.shard(topo.replica, topo.dp)
     slow = cfg.pipeline.slowdown.stage
     if slow is not None and not 0 <= slow < topo.num_stages:
         raise ConfigError(f"pipeline.slowdown.stage={slow}, but the pipeline has stages 0..{topo.num_stages - 1}")

@@ -71,9 +71,12 @@ class GradLinks:
             self.owed.append(Owed(t, step, rows, keys, ready=not (self.asynchronous and step.incoming)))
             self._send_owed()
 
-    def apply_arrived(self, now: int, stats, block: bool) -> None:
-        """Async: apply every gradient that has arrived (all of them when ``block``), oldest first."""
-        while self.waiting and (block or self.receiver.ready()):
+    def apply_arrived(self, now: int, stats, block: bool, limit: int | None = None) -> None:
+        """Async: apply every gradient that has arrived (all of them when ``block``; ``limit``: the first
+        ``limit``, which have arrived), oldest first."""
+        applied = 0
+        while self.waiting and (block or (applied < limit if limit is not None else self.receiver.ready())):
+            applied += 1
             waiting = self.waiting.popleft()
             t, step = waiting.step, waiting.local_step
             step.receive(self._recv(t, step.incoming, stats))

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+from pipelocal.distributed.data_parallel import shard_rows, shard_weight
 from pipelocal.distributed.transport import Expected, Kind, TensorMeta
 from pipelocal.runtime.guidance import guide_for
 from pipelocal.runtime.numerics import Numerics
@@ -29,10 +30,18 @@ class Plan:
     start: int = 0  # the first training step of this job (a resumed run starts where its checkpoint was taken)
     dtype: torch.dtype = torch.float32  # of activations between stages (the compute dtype, runtime/numerics.py)
     grad_dtype: torch.dtype = torch.float32  # of gradients between stages (unscaled)
+    global_rows: tuple[int, ...] = ()  # per step of one epoch: the whole batch's rows (R > 1: train_rows is a shard)
 
     @classmethod
-    def build(cls, cfg, train_len: int, test_len: int, start: int = 0) -> Plan:
+    def build(cls, cfg, train_len: int, test_len: int, start: int = 0, shard: tuple[int, int] = (0, 1)) -> Plan:
+        """``shard``: (replica, replicas) of a replicated pipeline: each training batch is split over the
+        replicas (a last batch with fewer rows than replicas is dropped), the test set's batches are dealt out
+        in turn (each counted once)."""
+        replica, replicas = shard
         train = _rows(train_len, cfg.data.batch_size, cfg.data.drop_last)[: cfg.train.max_steps or None]
+        if train and train[-1] < replicas:
+            train = train[:-1]
+        tests = _rows(test_len, cfg.data.eval_batch_size, False)
         epochs, every = cfg.train.epochs, cfg.train.eval_every
         evals = tuple(e for e in range(epochs) if (e + 1) % every == 0 or e + 1 == epochs)
         steps = len(train)
@@ -40,16 +49,22 @@ class Plan:
         numerics = Numerics(cfg.train.precision, torch.device("cpu"))
         return cls(
             epochs,
-            cfg.data.batch_size,
+            -(-cfg.data.batch_size // replicas),
             cfg.data.eval_batch_size,
-            train,
-            _rows(test_len, cfg.data.eval_batch_size, False),
+            tuple(shard_rows(rows, replicas)[replica] for rows in train),
+            tests[replica::replicas],
             evals,
             guides,
             start,
             numerics.dtype,
             numerics.grad_dtype,
+            train,
         )
+
+    def weight(self, step: int) -> float:
+        """This replica's share of training step ``step``'s batch (1 without replicas)."""
+        i = step % len(self.train_rows)
+        return shard_weight(self.train_rows[i], self.global_rows[i]) if self.global_rows else 1.0
 
     def train_kind(self, step: int) -> Kind:
         return Kind.GUIDE if self.guides[step] is not None else Kind.DATA

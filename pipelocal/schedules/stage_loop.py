@@ -16,6 +16,7 @@ import signal
 import time
 
 import torch
+from torch.distributed import ReduceOp
 
 from pipelocal.data import Batch
 from pipelocal.distributed.transport import Kind
@@ -36,6 +37,8 @@ class StageLoop:
         self.halt_requested = lambda: False  # set by the trainer: has a preemption been asked for?
         self.halting = False  # the step just taken is the last before a preemption checkpoint
         self._fault = injected_fault(stage_index)
+        self.replicas = stage.replicas  # R > 1: this stage's replicas (distributed/data_parallel.py)
+        self._sync_bn = cfg.pipeline.sync_batchnorm
         slow = cfg.pipeline.slowdown
         self.slowdown = slow.factor if slow.stage == stage_index and slow.factor > 1 else 1.0
 
@@ -57,29 +60,42 @@ class StageLoop:
         """Training step ``t`` (counted across epochs); None when the epoch is over for this stage."""
         if self._fault and self._fault[0] == t:
             _inject(self._fault[1], self.stage_index, t)
-        grads, ema = self.links.grads, self.links.ema
+        grads, ema, replicas = self.links.grads, self.links.ema, self.replicas
+        dp_wait = replicas.wait_s if replicas is not None else 0.0
         if grads is not None and grads.waiting:
-            grads.apply_arrived(t, stats, block=False)
+            # Replicas apply the same late gradients at the same step (those arrived at all of them), so their
+            # weights stay equal.
+            limit = replicas.agree(grads.receiver.arrived(), ReduceOp.MIN) if replicas is not None else None
+            grads.apply_arrived(t, stats, block=False, limit=limit)
         batch = self._next_input(stats)
         if batch is None:
             return None
-        # A preemption stops every stage after the same step: the first decides, the mark travels with the data.
+        # A preemption stops every stage after the same step: the first decides (its replicas together), the
+        # mark travels with the data.
         forward_in = self.links.forward_in
-        self.halting = forward_in.halt if forward_in is not None else self.links.planned and self.halt_requested()
+        if forward_in is not None:
+            self.halting = forward_in.halt
+        else:
+            self.halting = self.links.planned and self.halt_requested()
+            if replicas is not None:
+                self.halting = bool(replicas.agree(int(self.halting)))
         guide = self.plan.guides[t] if self.links.planned else None
         busy, grad_wait = time.perf_counter(), stats.grad_wait_s
-        step = self.stage.begin(net_spans(self.stage.method, guide))
+        step = self.stage.begin(net_spans(self.stage.method, guide), self.plan.weight(t))
         step.forward(batch.x, batch, guide, self._output(t, batch))
         if grads is not None:
             grads.on_forward(t, step, stats)
         result = step.finish()
-        self._straggle(stats, busy + stats.grad_wait_s - grad_wait)  # compute only, not the gradient wait
+        waited = stats.grad_wait_s - grad_wait + (replicas.wait_s - dp_wait if replicas is not None else 0.0)
+        self._straggle(stats, busy + waited)  # compute only, not the gradient or all-reduce waits
         if grads is not None:
             grads.on_finish(t, step, len(batch))
         if ema is not None:
             ema.sync(t)
         self.stage.after_step()
         self._memory(stats, step)
+        if replicas is not None:
+            stats.dp_wait_s += replicas.wait_s - dp_wait
         result.rows = len(batch)
         return result
 
@@ -145,6 +161,8 @@ class StageLoop:
     def evaluate(self, stats) -> None:
         """Stream the test set through the pipeline; count each head's correct predictions on this stage."""
         self.stage.set_mode(False)
+        if self.replicas is not None and not self._sync_bn:
+            self.replicas.broadcast_buffers(self.stage.modules)  # evaluate replica 0's BatchNorm statistics
         batches = iter(self.test_loader) if self.test_loader is not None else None
         correct = torch.zeros(len(self.stage.modules), dtype=torch.long, device=self.stage.device)
         for j in range(len(self.plan.eval_rows)):
@@ -157,11 +175,16 @@ class StageLoop:
         stats.correct = correct.tolist()
         self.stage.set_mode(True)
 
-    def state_dict(self) -> dict:
-        return self.stage.state_dict()
+    def state_dict(self) -> dict | None:
+        return self.stage.state_dict() if self._writes else None
 
     def checkpoint_state(self) -> dict:
-        return self.stage.checkpoint_state()
+        return self.stage.checkpoint_state() if self._writes else {}
+
+    @property
+    def _writes(self) -> bool:
+        """A stage's replicas hold the same weights: replica 0 saves them (its BatchNorm statistics, as evaluated)."""
+        return self.replicas is None or self.replicas.index == 0
 
     def load_checkpoint(self, path, group) -> None:
         self.stage.load_checkpoint(path, group)
