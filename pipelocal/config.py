@@ -180,7 +180,7 @@ class PipelineConfig:
         "pipeline training its shard of every batch; a stage's replicas average gradients (DESIGN §9)",
     )
     sync_batchnorm: bool = option(
-        False, "replicas > 1: BatchNorm statistics over the whole batch, all-reduced across a stage's replicas"
+        False, "BatchNorm statistics over the whole batch, all-reduced across a stage's replicas (R = 1: no effect)"
     )
 
 
@@ -275,9 +275,7 @@ def _check_replicas(cfg: JobConfig) -> None:
     if replicas < 1:
         raise ConfigError(f"pipeline.replicas={replicas} must be at least 1")
     if replicas == 1:
-        if cfg.pipeline.sync_batchnorm:
-            raise ConfigError("pipeline.sync_batchnorm=true needs pipeline.replicas > 1 (it syncs across replicas)")
-        return
+        return  # (sync_batchnorm: one replica's batch is the whole batch already)
     if cfg.mode != "pipeline":
         raise ConfigError(
             f"pipeline.replicas={replicas} replicates a local pipeline (mode=pipeline); mode={cfg.mode} "

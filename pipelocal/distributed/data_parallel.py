@@ -84,6 +84,21 @@ class Replicas:
         return int(box)
 
     @torch.no_grad()
+    def check_in_step(self, modules, where: str) -> None:
+        """Fail if this stage's replicas no longer hold the same parameters (they must: every step applies the same
+        summed gradients). Two sums per replica, compared as their maximum and minimum over the group."""
+        params = [p.detach().float() for m in modules for p in m.parameters()]
+        sums = torch.stack([sum(p.sum() for p in params), sum(p.square().sum() for p in params)]).cpu()
+        high, low = sums.clone(), sums.clone()
+        dist.all_reduce(high, op=dist.ReduceOp.MAX, group=self.host_group)
+        dist.all_reduce(low, op=dist.ReduceOp.MIN, group=self.host_group)
+        if not torch.equal(high, low):
+            raise RuntimeError(
+                f"{where}: the data-parallel replicas of this stage hold different weights (parameter sums "
+                f"{low.tolist()} to {high.tolist()}); their steps must match (a bug: please report it)"
+            )
+
+    @torch.no_grad()
     def broadcast_buffers(self, modules) -> None:
         """Replica 0's BatchNorm statistics to every replica (per-replica statistics drift apart in training;
         evaluation and checkpoints use replica 0's, as DDP does)."""

@@ -146,6 +146,8 @@ class StageLoop:
             self.links.replay_out.end_epoch(epoch)
         if self.links.replay_in is not None:
             self.links.replay_in.end_epoch(stats)
+        if self.replicas is not None:
+            self.replicas.check_in_step(self.stage.modules, f"stage {self.stage_index} after epoch {epoch + 1}")
 
     def drain(self, now: int, stats) -> None:
         """Mid-epoch checkpoint: apply every gradient still in flight and finish every send (a drain point)."""

@@ -1,0 +1,123 @@
+"""Invariant 6: a P x R job (R data-parallel replicas of a P-stage pipeline) equals the P-stage job and sequential
+mode on the same global batch, as real torchrun jobs on gloo; and what R > 1 must keep (evaluation counted once,
+guidance, MLAAN, checkpoints, the closing table)."""
+
+import json
+
+import pytest
+import torch
+
+from pipelocal.checkpoint import load_merged
+from pipelocal.config import ConfigError
+from pipelocal.data import build_loaders
+from pipelocal.runtime import build_local_net
+from pipelocal.runtime.step import eval_step
+from tests.conftest import tiny_config
+from tests.distributed.launch import TINY, runs_fixture, torchrun_runs
+from tests.distributed.test_pipeline import sequential_state
+
+GROUP = ["--model.norm=group", "--method.name=greedy"]  # no BatchNorm anywhere: replicas are exact
+SYNC = ["--pipeline.sync_batchnorm=true"]  # BatchNorm in the backbone and heads, its statistics over all replicas
+UNEVEN = ["--data.synthetic_train=329", "--train.max_steps=100"]  # 11 steps; the last 9 rows split 5 + 4
+
+CASES_4 = {  # 4 processes: P = 2 x R = 2
+    "greedy-K2": [*GROUP, "--split.num_modules=2"],
+    "greedy-K4-uneven": [*GROUP, "--split.num_modules=4", *UNEVEN],  # K > P
+    "infopro-K4-sync-bn": ["--method.name=infopro", "--split.num_modules=4", *SYNC],
+    "dgl-K4-sync-bn-per-module": ["--method.name=dgl", "--split.num_modules=4", "--optim.step=per_module", *SYNC],
+    "greedy-K4-guided": [*GROUP, "--split.num_modules=4", "--guidance.every=2"],
+    "mlaan-K4-sync-bn": ["--method.name=mlaan", "--split.num_modules=4", *SYNC],
+}
+CASES_2 = {  # 2 processes: P = 1 x R = 2, pure data parallelism of a local method
+    "greedy-K2-P1": [*GROUP, "--split.num_modules=2", *UNEVEN],
+    "infopro-K4-P1-sync-bn": ["--method.name=infopro", "--split.num_modules=4", *SYNC],
+}
+REPLICATED = ["--mode=pipeline", "--pipeline.replicas=2"]
+runs_p2x2 = runs_fixture(4, {name: [*TINY, *REPLICATED, *args] for name, args in CASES_4.items()})
+runs_p1x2 = runs_fixture(2, {name: [*TINY, *REPLICATED, *args] for name, args in CASES_2.items()})
+
+
+def assert_same_weights(piped: dict, reference: dict) -> None:
+    assert piped.keys() == reference.keys()
+    for name, value in reference.items():
+        assert torch.allclose(piped[name].float(), value.float(), atol=1e-5, rtol=1e-4), name
+
+
+@pytest.mark.parametrize("name", CASES_4)
+def test_p2_r2_equals_sequential(runs_p2x2, name):
+    assert_same_weights(load_merged(runs_p2x2 / name), sequential_state(CASES_4[name]))
+
+
+@pytest.mark.parametrize("name", CASES_2)
+def test_p1_r2_equals_sequential(runs_p1x2, name):
+    assert_same_weights(load_merged(runs_p1x2 / name), sequential_state(CASES_2[name]))
+
+
+def test_evaluation_covers_the_test_set_once(runs_p2x2):
+    """Each replica evaluates every other test batch (100 samples, batches of 50); the figures are the whole set's."""
+    run = runs_p2x2 / "greedy-K4-uneven"
+    record = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
+    cfg = tiny_config(*TINY, *CASES_4["greedy-K4-uneven"], "--mode=sequential")
+    _, test_loader, info = build_loaders(cfg.data, torch.device("cpu"), cfg.train.seed)
+    net = build_local_net(cfg, info)
+    net.load_state_dict(load_merged(run))
+    net.eval()
+    correct = torch.zeros(4, dtype=torch.long)
+    for batch in test_loader:
+        eval_step(net.local_modules, batch.x, batch.y, correct)
+    assert record["module_top1"] == pytest.approx((correct / 100).tolist())
+
+
+def test_summary_shows_replicas_and_the_all_reduce(runs_p2x2):
+    summary = json.loads((runs_p2x2 / "greedy-K2" / "summary.json").read_text())
+    assert [s["replicas"] for s in summary["stages"]] == [2, 2]
+    assert all(s["dp_wait_frac_median"] >= 0 for s in summary["stages"])
+    assert summary["steps"] == 5 and summary["guidance_steps"] == 0
+    guided = json.loads((runs_p2x2 / "greedy-K4-guided" / "summary.json").read_text())
+    assert guided["guidance_steps"] == 2  # steps 2 and 4 of 5 (counted once, not per replica)
+
+
+ASYNC = [*TINY, *REPLICATED, *GROUP, "--split.num_modules=4", "--guidance.every=1", "--guidance.mode=async"]
+CHECKPOINTED = [*TINY, *REPLICATED, *GROUP, "--split.num_modules=4", "--train.max_steps=6"]
+
+
+@pytest.fixture(scope="module")
+def runs_p2x2_more(tmp_path_factory):
+    """Async guidance; a checkpointed run, and the same run resumed from its step-4 checkpoint (one job)."""
+    out = tmp_path_factory.mktemp("runs-p2x2-more")
+    step = out / "full" / "checkpoints" / "step-00000004"
+    runs = {
+        # Late gradients applied on arrival, at the same step on both replicas (checked at every epoch end: a
+        # stage whose replicas diverged fails the run).
+        "async": [*ASYNC, "--train.epochs=2"],
+        "full": [*CHECKPOINTED, "--checkpoint.every_steps=4", "--checkpoint.keep=0"],
+        "resumed": [*CHECKPOINTED, f"--train.resume={step}"],
+    }
+    specs = [[*args, f"--metrics.out_dir={out}", f"--metrics.run_name={name}"] for name, args in runs.items()]
+    done, _ = torchrun_runs(4, specs, out, 300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return out
+
+
+def test_async_guidance_keeps_replicas_in_step(runs_p2x2_more):
+    summary = json.loads((runs_p2x2_more / "async" / "summary.json").read_text())
+    assert summary["guidance_steps"] == 10 and summary["final_top1"] is not None
+
+
+def test_resume_from_a_replicated_checkpoint_is_exact(runs_p2x2_more):
+    """Resumed at step 4 of 6: the same weights as the uninterrupted run."""
+    assert_same_weights(load_merged(runs_p2x2_more / "resumed"), load_merged(runs_p2x2_more / "full"))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--mode=gpipe", "--method.name=e2e"], "does not take replicas"),
+        (["--mode=ddp", "--method.name=e2e"], "data parallel already"),
+        (["--mode=pipeline", "--pipeline.buffer=replay"], "replay"),
+        (["--mode=pipeline", "--data.batch_size=1"], "cannot give each"),
+    ],
+)
+def test_refusals(args, message):
+    with pytest.raises(ConfigError, match=message):
+        tiny_config("--pipeline.replicas=2", *args)
