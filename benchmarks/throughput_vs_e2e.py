@@ -3,11 +3,14 @@
     python benchmarks/throughput_vs_e2e.py                                   # infopro, K = P = 2
     python benchmarks/throughput_vs_e2e.py --modules 4 --tag k4              # K = 4: two modules per stage
     python benchmarks/throughput_vs_e2e.py --stages 4 --set method.name=dgl
+    python benchmarks/throughput_vs_e2e.py --modes e2e ddp pipeline pipeline-dp pipeline-dp+syncbn --tag dp
 
 Runs, on the same model, data and global batch: ``e2e`` (one process), ``ddp``, ``gpipe``, ``1f1b``
 (P processes, ``pipeline.microbatches``), the local ``pipeline`` (the chosen method, K modules on P
 stages), ``pipeline+guidance`` (the same with sync guidance every 20 steps) and ``ddg`` (the
-delayed-gradient E2E baseline: method e2e as a pipeline with async cross-stage gradients, DDG-style).
+delayed-gradient E2E baseline: method e2e as a pipeline with async cross-stage gradients, DDG-style),
+and, on request, ``pipeline-dp`` (the same local method with the P processes as data-parallel replicas of
+a one-stage pipeline: P = 1 x R; ``+syncbn`` with BatchNorm synchronised across them).
 Each run trains ``--epochs`` epochs of ``--steps`` steps; its throughput is the median epoch's
 samples/s (the first epoch is warm-up), and the figure per mode is the median over ``--repeats``
 alternating repeats. Threads are fair on CPU: every mode gets the same total, P (one process with P
@@ -28,6 +31,7 @@ from pipelocal.metrics.summary import RunSummary
 
 ROOT = Path(__file__).resolve().parent.parent
 MODES = ("e2e", "ddp", "gpipe", "1f1b", "pipeline", "pipeline+guidance", "ddg")
+DATA_PARALLEL = {"pipeline-dp": [], "pipeline-dp+syncbn": ["--pipeline.sync_batchnorm=true"]}  # P = 1 x R
 EXACT_E2E = ("e2e", "ddp", "gpipe", "1f1b")
 VARIANTS = {  # modes that are the local pipeline with something added: (mode, overrides)
     "pipeline": ("pipeline", []),
@@ -44,12 +48,16 @@ COLUMNS = [
     "saved MiB per stage",
     "CUDA peak MiB per stage",
     "utilisation per stage",
+    "all-reduce wait per stage",
     "final top-1",
 ]
 
 
 def command(mode: str, args, run_root: Path, name: str) -> list[str]:
-    mode, added = VARIANTS.get(mode, (mode, []))
+    if mode in DATA_PARALLEL:
+        mode, added = "pipeline", [f"--pipeline.replicas={args.stages}", *DATA_PARALLEL[mode]]
+    else:
+        mode, added = VARIANTS.get(mode, (mode, []))
     shared = [
         "--config",
         args.config,
@@ -84,6 +92,7 @@ def stage_figures(summary: RunSummary) -> dict:
         "saved": [s.saved_bytes_peak_max for s in stages],
         "cuda": [s.cuda_peak_bytes for s in stages],
         "util": [round(s.utilisation_median, 3) if summary.mode == "pipeline" else None for s in stages],
+        "dp": [round(s.dp_wait_frac_median, 3) if s.replicas > 1 else None for s in stages],
     }
 
 
@@ -96,6 +105,8 @@ def table(results: dict, args) -> tuple[list[list], dict]:
     for mode in results:
         f = memory[mode]
         layout = f"1 x {args.stages}" if mode == "e2e" else f"{args.stages} x 1"
+        if mode in DATA_PARALLEL:
+            layout += f" (P=1 x R={args.stages})"
         cuda = " / ".join("-" if c is None else f"{c / 2**20:.0f}" for c in f["cuda"])
         util = " / ".join("-" if u is None else str(u) for u in f["util"])
         rows.append(
@@ -109,6 +120,7 @@ def table(results: dict, args) -> tuple[list[list], dict]:
                 " / ".join(f"{b / 2**20:.1f}" for b in f["saved"]),
                 cuda,
                 util,
+                " / ".join("-" if d is None else str(d) for d in f["dp"]),
                 results[mode][-1].final_top1,
             ]
         )
@@ -151,7 +163,7 @@ def main() -> None:
     parser.add_argument("--microbatches", type=int, default=4)
     parser.add_argument("--test-subset", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--modes", nargs="*", default=list(MODES))
+    parser.add_argument("--modes", nargs="*", default=list(MODES), choices=[*MODES, *DATA_PARALLEL])
     parser.add_argument("--tag", default="", help="suffix of the results folder name")
     parser.add_argument("--set", nargs="*", default=[], help="config overrides, section.key=value")
     parser.add_argument("--out")

@@ -16,6 +16,9 @@ TINY_SET = [
 ]
 
 
+MODES = ["e2e", "ddp", "gpipe", "1f1b", "pipeline", "pipeline+guidance", "ddg", "pipeline-dp"]
+
+
 def test_throughput_vs_e2e_gives_a_row_per_mode(tmp_path):
     cmd = [
         sys.executable,
@@ -32,13 +35,16 @@ def test_throughput_vs_e2e_gives_a_row_per_mode(tmp_path):
         "1",
         "--out",
         str(tmp_path),
+        "--modes",
+        *MODES,
         "--set",
         *TINY_SET,
     ]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=400)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads((tmp_path / "throughput_vs_e2e.json").read_text())
-    assert [r[0] for r in result["rows"]] == ["e2e", "ddp", "gpipe", "1f1b", "pipeline", "pipeline+guidance", "ddg"]
+    assert [r[0] for r in result["rows"]] == MODES
+    assert result["rows"][-1][1] == "2 x 1 (P=1 x R=2)" and result["rows"][-1][-2] != "-"  # its all-reduce wait
     assert all(r[2] > 0 for r in result["rows"]) and (tmp_path / "throughput_vs_e2e.png").exists()
 
 
