@@ -27,6 +27,7 @@ CASES_4 = {  # 4 processes: P = 2 x R = 2
     "dgl-K4-sync-bn-per-module": ["--method.name=dgl", "--split.num_modules=4", "--optim.step=per_module", *SYNC],
     "greedy-K4-guided": [*GROUP, "--split.num_modules=4", "--guidance.every=2"],
     "mlaan-K4-sync-bn": ["--method.name=mlaan", "--split.num_modules=4", *SYNC],
+    "greedy-K4-fp16-per-module": [*GROUP, "--split.num_modules=4", "--train.precision=fp16", "--optim.step=per_module"],
 }
 CASES_2 = {  # 2 processes: P = 1 x R = 2, pure data parallelism of a local method
     "greedy-K2-P1": [*GROUP, "--split.num_modules=2", *UNEVEN],
@@ -37,15 +38,18 @@ runs_p2x2 = runs_fixture(4, {name: [*TINY, *REPLICATED, *args] for name, args in
 runs_p1x2 = runs_fixture(2, {name: [*TINY, *REPLICATED, *args] for name, args in CASES_2.items()})
 
 
-def assert_same_weights(piped: dict, reference: dict) -> None:
+def assert_same_weights(piped: dict, reference: dict, tolerance: float = 1e-5) -> None:
     assert piped.keys() == reference.keys()
     for name, value in reference.items():
-        assert torch.allclose(piped[name].float(), value.float(), atol=1e-5, rtol=1e-4), name
+        assert torch.allclose(piped[name].float(), value.float(), atol=tolerance, rtol=10 * tolerance), name
 
 
 @pytest.mark.parametrize("name", CASES_4)
 def test_p2_r2_equals_sequential(runs_p2x2, name):
-    assert_same_weights(load_merged(runs_p2x2 / name), sequential_state(CASES_4[name]))
+    # fp16: each replica's weight gradients are rounded to fp16 as sums over half the batch, the whole batch's once
+    # (about 1e-3 relative); a missing share weight or all-reduce would be off by a factor of 2
+    tolerance = 1e-3 if "fp16" in name else 1e-5
+    assert_same_weights(load_merged(runs_p2x2 / name), sequential_state(CASES_4[name]), tolerance)
 
 
 @pytest.mark.parametrize("name", CASES_2)
