@@ -99,6 +99,11 @@ class GuidanceConfig:
     weight: float = option(1.0, "scale of the end-to-end gradient at a guidance step")
     warmup_epochs: int = option(0, "train end-to-end only (every step a guidance step) for the first N epochs")
     until_epoch: int | None = option(None, "no guidance from this epoch on (0-based; None: to the end)")
+    recompute: bool = option(
+        False,
+        "a guidance step keeps only the module boundaries and recomputes each module in its backward "
+        "(one module's activations alive instead of every module's; one more forward)",
+    )
 
 
 @dataclass

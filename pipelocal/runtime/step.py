@@ -20,6 +20,8 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
+import torch.utils.checkpoint
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from pipelocal.data import Batch
 from pipelocal.metrics.memory import SavedTensorMeter
@@ -32,6 +34,7 @@ class Guide:
 
     combine: str = "replace"  # replace: only the end-to-end gradient; add: local + weight * end-to-end
     weight: float = 1.0
+    recompute: bool = False  # keep only the module boundaries; recompute each module in the backward
 
 
 @dataclass
@@ -153,6 +156,7 @@ class LocalStep:
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
         self.guided = guide is not None
+        self.recompute = guide is not None and guide.recompute
         meter, deferred, last = self.meter, [], len(self.modules) - 1
         x = self.numerics.layout(x)
         if batch is not None:
@@ -184,12 +188,18 @@ class LocalStep:
         self.output = x.detach()
 
     def _body(self, j: int, module, x: torch.Tensor) -> torch.Tensor:
-        if not (self.stash and self.late[j]):
-            return module(x)
-        # This module's graph waits for a gradient from a later stage: build it on a copy of the weights.
-        copies = {n: p.detach().clone().requires_grad_(p.requires_grad) for n, p in module.body.named_parameters()}
-        self.stashed[j] = copies
-        return torch.func.functional_call(module.body, copies, (x,))
+        body = module
+        if self.stash and self.late[j]:
+            # This module's graph waits for a gradient from a later stage: build it on a copy of the weights.
+            copies = {n: p.detach().clone().requires_grad_(p.requires_grad) for n, p in module.body.named_parameters()}
+            self.stashed[j] = copies
+            body = lambda x: torch.func.functional_call(module.body, copies, (x,))  # noqa: E731
+        if self.recompute and not module.is_final:
+            # A guidance step keeps every module's graph until the final loss comes back: keep only this
+            # module's input, and run its forward again inside the backward (BatchNorm statistics updated once).
+            frozen = lambda: (nullcontext(), _StatisticsKept(module.body))  # noqa: E731
+            return torch.utils.checkpoint.checkpoint(body, x, use_reentrant=False, context_fn=frozen)
+        return body(x)
 
     @property
     def stash_bytes(self) -> int:
@@ -281,6 +291,26 @@ class LocalStep:
         self.kept.pop(j, None)
         if self.per_module and j not in self.stashed:
             self._step(j)
+
+
+class _StatisticsKept:
+    """Around a recomputed forward: BatchNorm's running statistics as they were (the first forward updated them).
+    Reusable: a graph used by two backward passes (local and guided, ``combine: add``) is recomputed twice; the
+    exit also runs when checkpoint stops a recomputation early (by raising) once it has what it needs."""
+
+    def __init__(self, body):
+        self.norms = [m for m in body.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+
+    def __enter__(self):
+        self.kept = [[b.clone() for b in (m.running_mean, m.running_var, m.num_batches_tracked)] for m in self.norms]
+
+    @torch.no_grad()
+    def __exit__(self, *exc):
+        for m, (mean, var, count) in zip(self.norms, self.kept):
+            m.running_mean.copy_(mean)
+            m.running_var.copy_(var)
+            m.num_batches_tracked.copy_(count)
+        return False
 
 
 def _loss_groups(module, h, batch, guide, spans, losses) -> dict[int, torch.Tensor]:
