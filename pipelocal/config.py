@@ -117,9 +117,15 @@ class OptimConfig:
         "per_batch: step every module after the whole batch (InfoPro lineage); per_module: after its backward (DGL)",
         ("per_batch", "per_module"),
     )
-    schedule: str = option("cosine", "learning-rate schedule", ("cosine", "constant"))
-    warmup_epochs: float = option(0.0, "linear warm-up length in epochs (the CIFAR recipe uses 10)")
-    warmup_lr: float = option(0.01, "learning rate at the start of warm-up")
+    schedule: str = option(
+        "cosine",
+        "learning-rate schedule: cosine (linear warm-up, then a cosine over the remaining epochs), cosine_blend "
+        "(the InfoPro/AugLocal/MLAAN code's: one cosine over all epochs, e = epoch + 1, with the warm-up blended "
+        "into its first warmup_epochs; set once per epoch there, per_step: false) or constant (after warm-up)",
+        ("cosine", "cosine_blend", "constant"),
+    )
+    warmup_epochs: float = option(0.0, "warm-up length in epochs (the CIFAR recipe uses 10)")
+    warmup_lr: float = option(0.01, "learning rate at the start of warm-up (the CIFAR recipe uses 0.01)")
     per_step: bool = option(True, "update the schedule every step (fractional epochs) instead of once per epoch")
 
 
@@ -196,6 +202,11 @@ class MetricsConfig:
     log_every: int = option(50, "steps between JSONL/console log lines")
     console: str = option("auto", "auto: rich on a terminal, plain lines otherwise", ("auto", "rich", "plain", "none"))
     memory: bool = option(True, "count bytes saved for backward with saved-tensor hooks (small CPU cost)")
+    timeline: list[int] | None = option(
+        None,
+        "[first, last] training steps to record per-stage spans for (forward, backward, send, waits, steps, "
+        "evaluation, checkpoints): rank 0 writes timeline.json (Perfetto/chrome://tracing) and timeline.png",
+    )
 
 
 @dataclass
@@ -269,6 +280,9 @@ class JobConfig:
                 "with compiled modules; use guidance.mode=sync or train.compile=false"
             )
         _check_replicas(self)
+        window = self.metrics.timeline
+        if window is not None and (len(window) != 2 or not 0 <= window[0] <= window[1]):
+            raise ConfigError(f"metrics.timeline={window}: give [first, last] training steps, 0 <= first <= last")
         if mode.check is not None:
             mode.check(self)
         return self

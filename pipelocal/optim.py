@@ -1,4 +1,4 @@
-"""Per-module SGD optimizers and the learning-rate schedule of METHODS §4."""
+"""Per-module SGD optimizers and the learning-rate schedules of METHODS §4."""
 
 from __future__ import annotations
 
@@ -25,17 +25,35 @@ def build_optimizers(modules, cfg: OptimConfig) -> list[torch.optim.SGD]:
 
 
 def lr_at(epoch: float, cfg: OptimConfig, epochs: int) -> float:
-    """Linear warm-up from ``warmup_lr`` to ``lr`` over ``warmup_epochs``, then cosine to 0 at ``epochs``.
+    """The rate at ``epoch`` (counted from 0; fractional with ``optim.per_step``) of ``epochs``.
 
-    ``epoch`` counts from 0 and may be fractional (``optim.per_step``). The cosine is
-    ``0.5 * lr * (1 + cos(pi * t))`` with t the fraction of the post-warm-up epochs done.
+    ``cosine`` and ``constant``: linear warm-up from ``warmup_lr`` to ``lr`` over ``warmup_epochs``, then
+    ``0.5 * lr * (1 + cos(pi * t))`` with t the fraction of the post-warm-up epochs done (or ``lr``).
+    ``cosine_blend``: the authors' code, see :func:`cosine_blend`.
     """
+    if cfg.schedule == "cosine_blend":
+        return cosine_blend(epoch, cfg, epochs)
     if epoch < cfg.warmup_epochs:
         return cfg.warmup_lr + (cfg.lr - cfg.warmup_lr) * epoch / cfg.warmup_epochs
     if cfg.schedule == "constant":
         return cfg.lr
     span = max(epochs - cfg.warmup_epochs, 1e-9)
     return 0.5 * cfg.lr * (1 + math.cos(math.pi * min((epoch - cfg.warmup_epochs) / span, 1.0)))
+
+
+def cosine_blend(epoch: float, cfg: OptimConfig, epochs: int) -> float:
+    """The released InfoPro/AugLocal/MLAAN code's schedule: one cosine over all epochs, the warm-up blended in.
+
+    With e = epoch + 1 (1..E), W = ``warmup_epochs``, c(e) = ``0.5 * lr * (1 + cos(pi * e / E))``:
+    ``c(e) * (e - 1) / W + warmup_lr * (W + 1 - e) / W`` for e <= W, else c(e) (W = 10, warmup_lr = 0.01 is
+    their code). Both pieces agree at e = W + 1, so fractional epochs (``per_step``) interpolate smoothly and
+    match the per-epoch rate at each epoch's start. As in their code, the last epoch (e = E) runs at 0.
+    """
+    e = min(epoch + 1, epochs)
+    cosine = 0.5 * cfg.lr * (1 + math.cos(math.pi * e / epochs))
+    if e > cfg.warmup_epochs:
+        return cosine
+    return cosine * (e - 1) / cfg.warmup_epochs + cfg.warmup_lr * (cfg.warmup_epochs + 1 - e) / cfg.warmup_epochs
 
 
 def lr_for_step(cfg, epoch: int, step: int, steps: int) -> float:

@@ -65,7 +65,7 @@ def test_help_lists_every_section():
     assert "--optim.step" in text and "per_module" in text
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+@pytest.mark.parametrize("path", CONFIGS, ids=[str(p.relative_to(CONFIG_DIR)) for p in CONFIGS])
 def test_shipped_configs_validate(path):
     load_config(path)
 
@@ -75,7 +75,7 @@ def test_there_are_shipped_configs():
     assert "default.yaml" in names and len(names) >= 10
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+@pytest.mark.parametrize("path", CONFIGS, ids=[str(p.relative_to(CONFIG_DIR)) for p in CONFIGS])
 def test_shipped_configs_build(path):
     import torch
 
@@ -84,7 +84,9 @@ def test_shipped_configs_build(path):
     from pipelocal.runtime.profile import split_for
 
     cfg = load_config(path, ["--data.batch_size=16"])  # profiling (balance: time) on a small batch
-    shape = {"cifar10": (3, 32, 32), "fashion_mnist": (1, 28, 28)}[cfg.data.name]
+    size = cfg.data.image_size
+    shapes = {"cifar10": (3, 32, 32), "svhn": (3, 32, 32), "stl10": (3, 96, 96), "fashion_mnist": (1, 28, 28)}
+    shape = {**shapes, "imagefolder": (3, size, size)}[cfg.data.name]
     info = DataInfo(10, shape)
     ranges, _ = split_for(cfg, info, torch.device("cpu"))
     net = build_local_net(cfg, info, ranges)

@@ -61,6 +61,34 @@ def test_crop_and_flip_keep_shape_and_content():
     assert any(torch.equal(out[0], w) for w in windows)
 
 
+@pytest.mark.parametrize(
+    "name, mean, std, pad, flip, pad_mode",
+    [
+        ("cifar10", (125.3 / 255, 123.0 / 255, 113.9 / 255), (63.0 / 255, 62.1 / 255, 66.7 / 255), 4, True, "reflect"),
+        ("svhn", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 2, False, "constant"),
+        ("stl10", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 4, True, "constant"),
+    ],
+)
+def test_recipes_follow_the_authors_code(name, mean, std, pad, flip, pad_mode):
+    """InfoPro's/AugLocal's train.py: CIFAR reflect-pads; SVHN and STL-10 use RandomCrop(padding=...) (zeros) and
+    mean = std = 127.5/255."""
+    recipe = RECIPES[name]
+    assert recipe.mean == pytest.approx(mean) and recipe.std == pytest.approx(std)
+    assert (recipe.pad, recipe.flip, recipe.pad_mode) == (pad, flip, pad_mode)
+
+
+def test_zero_padding_crops_show_black_borders():
+    raw = torch.rand(64, 3, 8, 8) * 0.5 + 0.5  # no pixel is 0, so any 0 is padding
+    recipe = RECIPES["stl10"]
+    draws = augment_draws(len(raw), recipe, torch.Generator().manual_seed(0))
+    out = augment(raw, recipe, draws)
+    shifted = (draws["top"] != 4) | (draws["left"] != 4)  # a window off the centre takes in some padding
+    assert shifted.any() and torch.equal(out.eq(0).flatten(1).any(1), shifted)
+    padded = torch.nn.functional.pad(raw[:1], (4, 4, 4, 4))[0]
+    windows = [padded[:, i : i + 8, j : j + 8] for i in range(9) for j in range(9)]
+    assert any(torch.equal(out[0], w) or torch.equal(out[0], w.flip(2)) for w in windows)
+
+
 def test_missing_dataset_names_every_path_and_the_fix(tmp_path):
     cfg = DataConfig(name="cifar10", root=str(tmp_path / "nowhere"))
     with pytest.raises(DatasetNotFoundError) as err:

@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+import torchvision
 
 from pipelocal.models import MODELS, build_backbone
 
@@ -28,6 +29,25 @@ def test_imagenet_resnets(name, units, width):
     assert net.positions[0] == (0, 0) and net.positions[-1][0] == 4
 
 
+@pytest.mark.parametrize(
+    "name, blocks", [("resnet101", [3, 4, 23, 3]), ("resnet152", [3, 8, 36, 3]), ("resnext101_32x8d", [3, 4, 23, 3])]
+)
+def test_deep_imagenet_backbones_match_torchvision(name, blocks):
+    with torch.device("meta"):  # counts and shapes only: no memory, no initialisation cost
+        net = build_backbone(name, 0, 3, 1000)
+        reference = getattr(torchvision.models, name)(weights=None)
+    assert sum(p.numel() for p in net.parameters()) == sum(p.numel() for p in reference.parameters())
+    assert net.num_units == 1 + sum(blocks)
+    assert net.positions == [(0, 0)] + [(stage, b) for stage, n in enumerate(blocks, 1) for b in range(n)]
+    assert net.unit_shapes((3, 64, 64))[-1] == (2048, 2, 2)
+    # new_block (AugLocal's fresh blocks) keeps the backbone's kind: layer3's transition block, ResNeXt groups too
+    transition = net.units[1 + sum(blocks[:2])]
+    with torch.device("meta"):
+        fresh = net.new_block(512, 1024, 2)
+    assert sum(p.numel() for p in fresh.parameters()) == sum(p.numel() for p in transition.parameters())
+    assert fresh.conv2.groups == transition.conv2.groups == (32 if name.startswith("resnext") else 1)
+
+
 def test_conv_init_matches_methods_section_1():
     torch.manual_seed(0)
     net = build_backbone("cifar_resnet", 110, 3, 10)
@@ -38,4 +58,5 @@ def test_conv_init_matches_methods_section_1():
 
 
 def test_registry_lists_models():
-    assert {"cifar_resnet", "resnet18", "resnet34", "resnet50"} <= set(MODELS.names())
+    names = {"cifar_resnet", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext101_32x8d"}
+    assert names <= set(MODELS.names())

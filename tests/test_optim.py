@@ -23,3 +23,28 @@ def test_cosine_without_warmup_matches_infopro_formula():
 
 def test_constant():
     assert lr_at(3.5, OptimConfig(lr=0.2, schedule="constant"), 10) == 0.2
+
+
+# The authors' formula (InfoPro/AugLocal/MLAAN code), lr0 = 0.8, E = 400; keys are e = epoch + 1.
+AUTHORS_VALUES = {1: 0.01, 2: 0.089, 5: 0.32588, 10: 0.71989, 11: 0.79851, 200: 0.4}
+
+
+def test_cosine_blend_reproduces_the_authors_code():
+    cfg = OptimConfig(lr=0.8, schedule="cosine_blend", warmup_epochs=10, warmup_lr=0.01)
+    for e, lr in AUTHORS_VALUES.items():
+        assert lr_at(e - 1, cfg, 400) == pytest.approx(lr, abs=5e-6), f"e = {e}"
+    assert lr_at(399, cfg, 400) == pytest.approx(0.0, abs=1e-12)  # their last epoch runs at 0
+    assert lr_at(10, OptimConfig(lr=0.8, warmup_epochs=10), 400) == pytest.approx(0.8)  # `cosine` is higher
+
+
+def test_cosine_blend_per_step_is_continuous_and_meets_the_epoch_values():
+    cfg = OptimConfig(lr=0.8, schedule="cosine_blend", warmup_epochs=10, warmup_lr=0.01)
+    for epoch in (0, 4, 9, 10, 200):
+        assert lr_at(epoch + 0.999999, cfg, 400) == pytest.approx(lr_at(epoch + 1, cfg, 400), abs=1e-5)
+    assert lr_at(0.5, cfg, 400) == pytest.approx((lr_at(0, cfg, 400) + lr_at(1, cfg, 400)) / 2, abs=1e-3)
+
+
+def test_cosine_blend_without_warmup_is_the_plain_cosine_of_e():
+    cfg = OptimConfig(lr=0.1, schedule="cosine_blend", warmup_epochs=0)
+    for epoch in range(5):
+        assert lr_at(epoch, cfg, 5) == pytest.approx(0.5 * 0.1 * (1 + math.cos(math.pi * (epoch + 1) / 5)))

@@ -100,11 +100,12 @@ def augment_draws(n: int, recipe: Recipe, gen: torch.Generator) -> dict[str, tor
 
 
 def augment(raw: torch.Tensor, recipe: Recipe, draws: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Random crop after reflect padding, and horizontal flip, for a whole batch at once."""
+    """Random crop after padding (reflect or zeros, ``recipe.pad_mode``), and horizontal flip, for a whole batch
+    at once. Padding the raw [0, 1] input with zeros pads black pixels, as torchvision's RandomCrop does."""
     n, channels, height, width = raw.shape
     if recipe.pad:
         p = recipe.pad
-        padded = F.pad(raw, (p, p, p, p), mode="reflect")
+        padded = F.pad(raw, (p, p, p, p), mode=recipe.pad_mode)
         top, left = draws["top"].to(raw.device), draws["left"].to(raw.device)
         rows = (top[:, None] + torch.arange(height, device=raw.device))[:, None, :, None]
         cols = (left[:, None] + torch.arange(width, device=raw.device))[:, None, None, :]

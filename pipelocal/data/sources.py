@@ -37,8 +37,9 @@ class Recipe:
 
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    pad: int = 0  # random crop after reflect-padding by this much (0: no crop)
+    pad: int = 0  # random crop after padding by this much (0: no crop)
     flip: bool = False
+    pad_mode: str = "reflect"  # how the crop pads, as F.pad names it: "reflect" or "constant" (zeros)
 
 
 @dataclass
@@ -56,13 +57,16 @@ class DataInfo:
 SOURCES: Registry = Registry("dataset")
 
 CIFAR_RECIPE = Recipe((125.3 / 255, 123.0 / 255, 113.9 / 255), (63.0 / 255, 62.1 / 255, 66.7 / 255), pad=4, flip=True)
+# SVHN and STL-10 as the InfoPro/AugLocal code has them: mean = std = 127.5/255 for every channel, and
+# torchvision's RandomCrop(padding=...), which pads with zeros (only CIFAR reflect-pads there).
+HALF = (0.5, 0.5, 0.5)
 RECIPES = {
     "fashion_mnist": Recipe((0.2860,), (0.3530,), pad=2, flip=True),
     "mnist": Recipe((0.1307,), (0.3081,), pad=2),
     "cifar10": CIFAR_RECIPE,
     "cifar100": CIFAR_RECIPE,
-    "svhn": Recipe((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), pad=2),
-    "stl10": Recipe((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), pad=4, flip=True),
+    "svhn": Recipe(HALF, HALF, pad=2, pad_mode="constant"),
+    "stl10": Recipe(HALF, HALF, pad=4, flip=True, pad_mode="constant"),
     "synthetic": Recipe((0.5,), (0.25,)),
     "imagefolder": Recipe((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }

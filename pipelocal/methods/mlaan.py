@@ -1,42 +1,102 @@
 """mlaan: an independent probe plus a cascade loss through a leap augmented module (MLAAN, AAAI 2025).
 
-Module i >= 1 has two losses (METHODS §3):
+Module i has two losses (METHODS §3):
 
-- ``wx`` x CE of a probe (avg pool -> linear) on its output: trains module i only;
-- ``wy`` x CE of the leap augmented module (LAM) on its output: copies of later backbone blocks, where the
-  first copied block's output is the sum of a trainable copy and a frozen EMA copy of the live block
-  (``ema <- m ema + (1 - m) live`` after every step). Its gradient trains modules i-1 and i
+- ``wx`` x the probe's loss on its output: trains module i only;
+- ``wy`` x the same kind of loss on the output of the leap augmented module (LAM): copies of later backbone
+  blocks, where the first copied block's output is the sum of a trainable copy and a frozen EMA copy of the live
+  block (``ema <- m ema + (1 - m) live`` after every step). Its gradient trains modules i-1 and i
   (``cascade_span`` = 2; 3 reaches i-2 too): the head returns it as a term of that span.
 
-Module 0 (the stem) has no loss of its own; module 1's cascade trains it. The final module's classifier
-loss is the last cascade (it trains the final module and the one before). Unlike the released CIFAR code we
-refresh every EMA copy (``ema_update: all``; ``last`` keeps the quirk) and drop no computed loss. No module is
-re-run: the step keeps module i-1's graph until module i's cascade gradient has flowed back through it,
-which is the same gradient as the paper's recomputation and the mechanism a pipeline uses across stages.
+``base`` picks the losses: ``mlaan`` (avg pool -> linear, CE), or the heads of ``dgl`` or ``infopro``, built by
+that method's own builder, for the probe and for the LAM's output alike (DGL+MLAAN, InfoPro+MLAAN; the released
+code's resnetDGLbin.py / resnetInfoProbin.py, run there with span 3). Modules before the first full cascade
+(module 0; 0 and 1 at span 3) have no loss of their own: that cascade trains them, as in the released code. The
+final module's classifier loss is the last cascade. Which blocks a LAM copies: :func:`lam_units`.
+
+As the released CIFAR code (CIFAR-SVHN-STL/networks/): the authors' copy tables for their splits (the R-32 "K=16"
+run is their K = 15: one block per module, the stem with the first); ``ema_update: last`` refreshes only the
+last aux net's EMA, as that code does (the others stay at their init). As the paper, not the code:
+``ema_update: all`` (the default) refreshes every EMA; the EMA also averages BN statistics, after the step (the
+code: parameters only, before the step); the InfoPro combination's probe uses the configured task loss (the
+code's is always contrastive) and the usual λ schedule (the code interpolates by stage index). No module is
+re-run: the step keeps module i-1's graph until module i's cascade gradient has flowed back through it, the
+same gradient as the paper's recomputation and the mechanism a pipeline uses across stages.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pipelocal.methods.base import METHODS, Head, LocalMethod, unit_shapes
-from pipelocal.models import init_weights
+from pipelocal.models import Classifier, init_weights
 from pipelocal.options import ConfigError, option
 
-# Where the authors' R-32 table (5 blocks per stage) departs from the rule: position -> copied positions.
-PUBLISHED_LAM = {5: {(3, 0): [(3, 1), (3, 2), (3, 4)]}}
+Pos = tuple[int, int]
+
+
+def _rows(ends: list[Pos], copies) -> dict[Pos, list[Pos]]:
+    """The module ending at ``ends[i]`` copies ``copies(ends[i])``; module 0 (no head) is left out."""
+    return {end: copies(end) for end in ends[1:]}
+
+
+def _r110(end: Pos, stage3: dict[int, int]) -> list[Pos]:
+    """R-110 rows: the same for stages 1 and 2 at K = 32 and 54; in stage 3 two blocks, the first taken from
+    ``stage3`` (the last end block of a run of modules -> the block they copy first)."""
+    stage, block = end
+    if stage == 1:
+        return [(2, 0), (3, 0), (3, 2), (3, 17)]
+    if stage == 2:
+        return [(3, 0), (3, 3), (3, 4), (3, 17)] if block == 17 else [(3, 0), (3, 2), (3, 3), (3, 17)]
+    first = stage3[min(b for b in stage3 if b >= block)]
+    return [(3, first), (3, 17)] if first < 17 else [(3, 17)]
+
+
+_R32_K8 = [(1, 0), (1, 2), (1, 4), (2, 1), (2, 3), (3, 0), (3, 2)]  # InfoPro's K = 8 table
+_R32_K15 = [(s, b) for s in (1, 2, 3) for b in range(5)][:-1]  # one block per module, the stem with the first
+_R110_K32 = [(s, b) for s in (1, 2) for b in (1, 2, 4, 5, 7, 9, 11, 13, 14, 16, 17)]
+_R110_K32 += [(3, b) for b in (1, 3, 4, 6, 7, 9, 11, 13, 15)]
+_R110_K54 = [(s, b) for s in (1, 2, 3) for b in range(18)][:-1]
+_STAGE2_R32 = [(3, 0), (3, 2), (3, 3), (3, 4)]
+
+# The authors' copy tables (released CIFAR code, networks/configAuxPlus_new.py, for R-32 K = 8, 15 and R-110
+# K = 32, 54; K as they count it, the stem outside), keyed by the split they were written for: (blocks per stage,
+# the positions the non-final modules end at). Value: module end -> copied positions.
+PUBLISHED_LAM: dict[tuple[tuple[int, ...], tuple[Pos, ...]], dict[Pos, list[Pos]]] = {
+    ((5, 5, 5), tuple(_R32_K8)): {
+        (1, 2): [(2, 0), (3, 0), (3, 2), (3, 4)],
+        (1, 4): [(2, 0), (3, 0), (3, 3), (3, 4)],
+        (2, 1): _STAGE2_R32,
+        (2, 3): _STAGE2_R32,
+        (3, 0): [(3, 2), (3, 3), (3, 4)],
+        (3, 2): [(3, 3), (3, 4)],
+    },
+    ((5, 5, 5), tuple(_R32_K15)): {
+        (1, 1): [(2, 0), (3, 0), (3, 2), (3, 4)],
+        (1, 2): [(2, 0), (3, 0), (3, 3), (3, 4)],
+        (1, 3): [(2, 0), (3, 0), (3, 2), (3, 4)],
+        (1, 4): [(2, 0), (3, 0), (3, 3), (3, 4)],
+        **{(2, b): _STAGE2_R32 for b in range(5)},
+        (3, 0): [(3, 1), (3, 2), (3, 4)],
+        (3, 1): [(3, 2), (3, 3), (3, 4)],
+        (3, 2): [(3, 3), (3, 4)],
+        (3, 3): [(3, 4)],
+    },
+    ((18, 18, 18), tuple(_R110_K32)): _rows(_R110_K32, lambda e: _r110(e, {6: 8, 9: 14, 11: 15, 13: 16, 15: 17})),
+    ((18, 18, 18), tuple(_R110_K54)): _rows(_R110_K54, lambda e: _r110(e, {6: 8, 10: 14, 12: 15, 15: 16, 16: 17})),
+}
 
 
 @dataclass
 class MLAANConfig:
     """MLAAN's knobs, set as ``method.<key>``."""
 
-    wx: float = option(0.001, "weight of the independent probe (avg pool -> linear) on each module")
+    wx: float = option(0.001, "weight of the independent probe on each module")
     wy: float = option(0.999, "weight of the cascade loss through the leap augmented module")
     cascade_span: int = option(2, "modules a cascade loss trains, ending at its own (2, or 3 as in DGL/InfoPro+)")
     ema_momentum: float = option(0.995, "m in ema <- m*ema + (1-m)*live for the LAM's frozen copy")
@@ -44,7 +104,15 @@ class MLAANConfig:
         1, "in a pipeline, stages that own the blocks the EMA copies follow send their weights every N steps"
     )
     ema_update: str = option(
-        "all", "refresh every aux net's EMA copy, or only the last one (the released code's quirk)", ("all", "last")
+        "all",
+        "refresh every aux net's EMA copy (the paper), or only the last one (the released code)",
+        ("all", "last"),
+    )
+    base: str = option(
+        "mlaan",
+        "losses of the probe and of the LAM's output: mlaan (avg pool -> linear, CE), or the aux head of dgl or "
+        "infopro with that method's knobs (DGL+MLAAN, InfoPro+MLAAN)",
+        ("mlaan", "dgl", "infopro"),
     )
 
     def validate(self) -> None:
@@ -54,29 +122,35 @@ class MLAANConfig:
             raise ConfigError(f"method.ema_sync_every={self.ema_sync_every} must be at least 1 (1: every step)")
 
 
-def lam_units(after: int, positions: list[tuple[int, int]]) -> list[int]:
-    """Units the LAM after unit ``after`` copies: the next stage's transition block first (the next block in
-    the last stage), then each later stage's transition block, then the final stage's last blocks, up to 4
-    blocks (3 in the last stage); it always ends at the last block."""
-    n = len(positions)
-    stage = positions[after][0]
-    last_stage = positions[-1][0]
-    published = PUBLISHED_LAM.get(positions[-1][1] + 1, {}).get(positions[after])
-    if published is not None:
-        return [positions.index(p) for p in published]
-    if stage < last_stage:
-        chain = [positions.index((t, 0)) for t in range(stage + 1, last_stage + 1)]
-        depth = 4
-    else:
-        chain = [after + 1]
-        depth = 3
-    depth = min(depth, n - 1 - after)
-    chain = chain[: max(depth - 1, 1)]
-    fill = [u for u in range(chain[-1] + 1, n)][-(depth - len(chain)) :] if depth > len(chain) else []
-    units = chain + fill
-    if units[-1] != n - 1:
-        units[-1] = n - 1
-    return units
+def lam_units(after: int, positions: list[Pos], ends: list[int] | None = None) -> list[int]:
+    """Units the LAM of the module ending at unit ``after`` copies, in a split whose non-final modules end at
+    units ``ends`` (default: one module per block, the stem with the first: the authors' R-32 K = 15).
+
+    The authors' table where they published one for this split (:data:`PUBLISHED_LAM`); elsewhere their rule as
+    those tables show it. From a stage before the last: the transition block of each later stage, then the last
+    stage's blocks from its third on (its second only when too few), then its last block, 4 blocks where the net
+    has room. From the last stage: its last 3 blocks (fewer near the end). The rule gives the tables' rows but
+    for a few (R-32: [3,3] for [3,2] in some stage-1 rows, K = 15's [3,1] [3,2] [3,4] after [3,0]; R-110: the
+    row after [2,17], and the last stage, where the tables copy 2 blocks: a later middle block and the last)."""
+    if ends is None:
+        ends = list(range(1, len(positions) - 1))
+    blocks = tuple(sum(1 for s, _ in positions if s == t) for t in range(1, positions[-1][0] + 1))
+    table = PUBLISHED_LAM.get((blocks, tuple(positions[u] for u in ends)))
+    if table is not None and positions[after] in table:
+        return [positions.index(p) for p in table[positions[after]]]
+    return derived_units(after, positions)
+
+
+def derived_units(after: int, positions: list[Pos]) -> list[int]:
+    """The rule of :func:`lam_units`, for splits without a published table."""
+    last = len(positions) - 1
+    stage, last_stage = positions[after][0], positions[-1][0]
+    if stage == last_stage:
+        return list(range(max(after + 1, last - 2), last + 1))
+    transitions = [positions.index((t, 0)) for t in range(stage + 1, last_stage + 1)]
+    between = range(transitions[-1] + 1, last)  # the last stage's blocks between its transition and its end
+    middle = sorted(sorted(between, key=lambda u: (positions[u][1] == 1, u))[: max(3 - len(transitions), 0)])
+    return list(dict.fromkeys([*transitions, *middle, last]))  # a 1-block last stage: its transition is last
 
 
 def _frozen(block: nn.Module) -> nn.Module:
@@ -89,34 +163,48 @@ def _frozen(block: nn.Module) -> nn.Module:
     return ema
 
 
+class LinearProbe(Classifier, Head):
+    """avg pool -> Linear, trained with CE: MLAAN's own probe and LAM classifier (``base: mlaan``)."""
+
+    def __init__(self, width: int, num_classes: int):
+        super().__init__(width, num_classes)
+        init_weights(self)
+
+    def logits(self, h):
+        return nn.Sequential.forward(self, h)
+
+    def forward(self, h, batch):
+        logits = self.logits(h)
+        return {"loss": F.cross_entropy(logits, batch.y), "logits": logits}
+
+
 class MLAANHead(Head):
-    def __init__(self, live: list[nn.Module], units: list[int], widths: tuple[int, int], num_classes: int, cfg, span):
+    """``probe`` on the module's output, ``classifier`` on the LAM's: heads returning their loss (base.py)."""
+
+    def __init__(self, live: list[nn.Module], units: list[int], probe: Head, classifier: Head, cfg, span: int):
         super().__init__()
         self.wx, self.wy, self.span, self.momentum = cfg.wx, cfg.wy, span, cfg.ema_momentum
         self.units = units  # backbone units copied; units[0] is the one the EMA follows
-        width, out_width = widths  # of the module's output and of the last copied block
-        self.probe = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_classes))
+        self.probe = probe
         self.first = copy.deepcopy(live[0])
         self.ema = _frozen(live[0])
         self.rest = nn.Sequential(*(copy.deepcopy(b) for b in live[1:]))
-        self.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(out_width, num_classes))
-        init_weights(self.probe)
-        init_weights(self.classifier)
+        self.classifier = classifier
         self.follow_ema = True
 
     def logits(self, h):
-        return self.probe(h)
+        return self.probe.logits(h)
 
     def forward(self, h, batch):
-        probe_logits = self.probe(h)
-        probe = F.cross_entropy(probe_logits, batch.y)
-        cascade = F.cross_entropy(self.classifier(self.rest(self.first(h) + self.ema(h))), batch.y)
+        probe = self.probe(h, batch)
+        cascade = self.classifier(self.rest(self.first(h) + self.ema(h)), batch)
+        wx, wy = self.wx * probe["loss"], self.wy * cascade["loss"]
         return {
-            "loss": self.wx * probe + self.wy * cascade,
-            "logits": probe_logits,
-            "probe": probe,
-            "cascade": cascade,
-            "terms": [(self.wx * probe, 1), (self.wy * cascade, self.span)],
+            "loss": wx + wy,
+            "logits": probe["logits"],
+            "probe": probe["loss"],
+            "cascade": cascade["loss"],
+            "terms": [(wx, 1), (wy, self.span)],
         }
 
     @torch.no_grad()
@@ -140,30 +228,44 @@ class MLAAN(LocalMethod):
     cross_module = True
     Config = MLAANConfig
 
+    def __init__(self, cfg, info):
+        super().__init__(cfg, info)
+        self.section = cfg  # the whole method section: a base method reads its own knobs from it
+        self.base = None if self.cfg.base == "mlaan" else METHODS.get(self.cfg.base)(cfg, info)
+        self.needs = self.base.needs if self.base is not None else ()
+
     def loss_spans(self, index):
-        if index == 0:
-            return ()
         span = min(self.cfg.cascade_span, index + 1)
-        return (span,) if index == self.info.num_modules - 1 else (1, span)
+        if index == self.info.num_modules - 1:
+            return (span,)
+        return () if index < self.cfg.cascade_span - 1 else (1, span)
+
+    def copied_units(self, index: int) -> list[int]:
+        return lam_units(self.info.module_ends[index], self.info.backbone.positions, self.info.module_ends[:-1])
 
     def followed_units(self, index):
         k = self.info.num_modules
-        if index == 0 or index == k - 1 or (self.cfg.ema_update == "last" and index != k - 2):
+        if not self.loss_spans(index) or index == k - 1 or (self.cfg.ema_update == "last" and index != k - 2):
             return []
-        return lam_units(self.info.module_ends[index], self.info.backbone.positions)[:1]
+        return self.copied_units(index)[:1]
 
     def build_head(self, index):
-        if index == 0:
-            return None  # the stem and module 0 learn through module 1's cascade
+        if not self.loss_spans(index):
+            return None  # trained through the first cascade
         backbone = self.info.backbone
-        units = lam_units(self.info.module_ends[index], backbone.positions)
+        units = self.copied_units(index)
+        probe, classifier = self.heads(index, unit_shapes(self.info)[units[-1]])
         head = MLAANHead(
-            [backbone.units[u] for u in units],
-            units,
-            (self.info.module_shapes[index][0], unit_shapes(self.info)[units[-1]][0]),
-            self.info.num_classes,
-            self.cfg,
-            self.loss_spans(index)[-1],
+            [backbone.units[u] for u in units], units, probe, classifier, self.cfg, self.loss_spans(index)[-1]
         )
         head.follow_ema = bool(self.followed_units(index))
         return head
+
+    def heads(self, index: int, lam_shape: tuple[int, int, int]) -> tuple[Head, Head]:
+        """The probe on module ``index``'s output and the head on its LAM's output (shape ``lam_shape``)."""
+        if self.base is None:
+            width = self.info.module_shapes[index][0]
+            return LinearProbe(width, self.info.num_classes), LinearProbe(lam_shape[0], self.info.num_classes)
+        shapes = tuple(lam_shape if i == index else s for i, s in enumerate(self.info.module_shapes))
+        on_lam = type(self.base)(self.section, replace(self.info, module_shapes=shapes))
+        return self.base.build_head(index), on_lam.build_head(index)

@@ -1,4 +1,5 @@
-"""ImageNet-style ResNet-18/34/50 (torchvision's layout), cut into units: the stem, then one per block."""
+"""ImageNet-style ResNet-18/34/50/101/152 and ResNeXt-101 32x8d (torchvision's layout), cut into units: the stem,
+then one per block."""
 
 from __future__ import annotations
 
@@ -9,15 +10,16 @@ from pipelocal.models.base import Backbone, Classifier, init_weights, norm_layer
 from pipelocal.models.registry import MODELS
 
 
-def _block_builder(kind: type[nn.Module], norm):
+def _block_builder(kind: type[nn.Module], norm, groups: int = 1, base_width: int = 64):
     """Fresh torchvision blocks of ``kind`` (BasicBlock or Bottleneck) by output width, with a projection
-    shortcut when the stride or the width changes."""
+    shortcut when the stride or the width changes; ``groups``/``base_width`` keep a ResNeXt's grouped 3x3."""
 
     def new_block(in_width: int, out_width: int, stride: int) -> nn.Module:
         downsample = None
         if stride != 1 or in_width != out_width:
             downsample = nn.Sequential(nn.Conv2d(in_width, out_width, 1, stride, bias=False), norm(out_width))
-        block = kind(in_width, out_width // kind.expansion, stride, downsample, norm_layer=norm)
+        planes = out_width // kind.expansion
+        block = kind(in_width, planes, stride, downsample, groups=groups, base_width=base_width, norm_layer=norm)
         init_weights(block)
         return block
 
@@ -33,7 +35,7 @@ def _from_torchvision(tv: resnet.ResNet, in_channels: int, num_classes: int, nor
         for block_index, block in enumerate(layer):
             units.append(block)
             positions.append((stage, block_index))
-    new_block = _block_builder(type(tv.layer1[0]), norm)
+    new_block = _block_builder(type(tv.layer1[0]), norm, tv.groups, tv.base_width)
     net = Backbone(units, Classifier(tv.fc.in_features, num_classes), positions, new_block)
     init_weights(net)
     return net
@@ -53,3 +55,7 @@ def _register(name: str, builder):
 resnet18 = _register("resnet18", resnet.resnet18)
 resnet34 = _register("resnet34", resnet.resnet34)
 resnet50 = _register("resnet50", resnet.resnet50)
+resnet101 = _register("resnet101", resnet.resnet101)  # blocks [3, 4, 23, 3]: 34 units
+resnet152 = _register("resnet152", resnet.resnet152)  # blocks [3, 8, 36, 3]: 51 units
+# groups=32, width_per_group=8 (torchvision's builder sets them); same block layout as resnet101, 34 units
+resnext101_32x8d = _register("resnext101_32x8d", resnet.resnext101_32x8d)

@@ -67,9 +67,10 @@ def _head_at(cfg: JobConfig, data: DataInfo, backbone, unit: int, num_modules: i
         backbone=backbone,
     )
     method = METHODS.get(cfg.method.name)(cfg.method, info)
-    if not method.loss_spans(index) and num_modules > 2:
-        index = 1  # a module with no loss of its own (MLAAN's first): cost it as the next one's head
-    return method.build_head(index)
+    if not method.loss_spans(index):
+        # a module with no loss of its own (MLAAN's first ones): cost it as the first module that has one
+        index = next((i for i in range(index, num_modules - 1) if method.loss_spans(i)), index)
+    return method.build_head(index) if method.loss_spans(index) else None
 
 
 def _measure(unit, head, x, batch, device, repeats, numerics):

@@ -40,7 +40,7 @@ def test_a_method_holds_its_own_config():
     assert METHODS.get("infopro").Config is InfoProConfig and METHODS.get("auglocal").Config is AugLocalConfig
 
 
-@pytest.mark.parametrize("name", ["dgl", "greedy", "e2e"])
+@pytest.mark.parametrize("name", ["greedy", "e2e"])
 def test_methods_without_knobs_have_no_config(name):
     mode = "--mode=e2e" if name == "e2e" else "--mode=sequential"
     assert METHODS.get(name).Config is None
