@@ -34,6 +34,8 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
+from pipelocal.metrics.timeline import TIMELINE
+
 FORMAT = 1
 META = "meta.json"
 PREFIX = "step-"
@@ -240,6 +242,10 @@ class Saver:
 
     def save(self, step: int, epoch: int, strategy, stats, history) -> Path:
         """The state after ``step - 1``; ``epoch``: the one to run next; ``stats``: its figures so far (or None)."""
+        with TIMELINE.span("checkpoint", step=step):
+            return self._save(step, epoch, strategy, stats, history)
+
+    def _save(self, step: int, epoch: int, strategy, stats, history) -> Path:
         topo = self.topo
         state = dict(strategy.checkpoint_state())
         scalers = strategy.stage.numerics.state_dict()  # fp16's loss scales (per optimizer); [] otherwise

@@ -22,9 +22,11 @@ from pipelocal.config import ConfigError, JobConfig, dump_yaml, to_dict
 from pipelocal.data import build_loaders
 from pipelocal.distributed.setup import destroy_distributed, init_distributed
 from pipelocal.distributed.topology import Topology
+from pipelocal.metrics import timeline
 from pipelocal.metrics.console import Console
 from pipelocal.metrics.run_log import RunLog
 from pipelocal.metrics.summary import RunSummary
+from pipelocal.metrics.timeline import TIMELINE
 from pipelocal.preemption import Preemption
 from pipelocal.runtime.profile import split_for
 from pipelocal.schedules import MODES, Mode
@@ -54,6 +56,9 @@ def run_job(cfg: JobConfig) -> RunSummary | None:
         if resumed is not None:
             checkpoint.set_rng_state(resumed["rng"], topo.device)
     console.print(describe(cfg, topo, strategy, run_dir))
+    TIMELINE.configure(cfg.metrics.timeline)
+    if cfg.metrics.timeline and topo.distributed:
+        TIMELINE.offset_ns = timeline.clock_offset(groups.control)
     log = RunLog(cfg, topo, console, run_dir, control, stats, setup["history"])
     saver = checkpoint.Saver(cfg, topo, control, run_dir, setup["ranges"])
     # Replay stages train unplanned step counts, so no common step exists to stop at: a signal ends them as before.
@@ -68,6 +73,8 @@ def run_job(cfg: JobConfig) -> RunSummary | None:
         raise
     if preemption is not None:
         preemption.close()
+    if cfg.metrics.timeline:
+        write_timeline(topo, groups, console, run_dir)
     state = strategy.state_dict()
     if state is not None:
         save_stage(state, run_dir, topo.stage_index)  # a stage's data replicas hold the same weights
@@ -75,6 +82,22 @@ def run_job(cfg: JobConfig) -> RunSummary | None:
         dist.barrier(group=groups.control)
         destroy_distributed()
     return summary
+
+
+def write_timeline(topo: Topology, groups, console: Console, run_dir: Path) -> None:
+    """Every rank's spans to rank 0, which writes the merged timeline and says what recording cost."""
+    TIMELINE.stop()
+    ranks = timeline.gather(TIMELINE, topo.rank, topo.stage_index, topo.replica, groups.control if groups else None)
+    if ranks is None:
+        return
+    path = timeline.write(ranks, run_dir)
+    spans = sum(len(r["spans"]) for r in ranks)
+    trained = sum(dur for r in ranks for name, _, dur, _ in r["spans"] if name == "train") * 1e3  # ns
+    cost = sum(r["cost_ns"] for r in ranks) + spans * timeline.span_cost_ns()
+    console.print(
+        f"timeline: {spans} spans of {len(ranks)} processes in {path} (open in https://ui.perfetto.dev); "
+        f"recording cost {100 * cost / max(trained, 1):.2f}% of the recorded steps' time"
+    )
 
 
 def start(cfg: JobConfig, mode: Mode):

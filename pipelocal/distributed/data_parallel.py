@@ -20,6 +20,8 @@ import torch
 import torch.distributed as dist
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
+from pipelocal.metrics.timeline import TIMELINE
+
 BUCKET_BYTES = 64 * 2**20  # one all-reduce per bucket: large enough to be efficient, small enough to overlap
 
 
@@ -70,10 +72,11 @@ class Replicas:
         while self._pending:
             key, launched = self._pending.popleft()
             begin = time.perf_counter()
-            for work, flat, bucket in launched:
-                work.wait()
-                for g, reduced in zip(bucket, _unflatten_dense_tensors(flat, bucket)):
-                    g.copy_(reduced)
+            with TIMELINE.span("all-reduce wait"):
+                for work, flat, bucket in launched:
+                    work.wait()
+                    for g, reduced in zip(bucket, _unflatten_dense_tensors(flat, bucket)):
+                        g.copy_(reduced)
             self.wait_s += time.perf_counter() - begin
             yield key
 

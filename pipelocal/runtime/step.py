@@ -25,6 +25,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from pipelocal.data import Batch
 from pipelocal.metrics.memory import SavedTensorMeter
+from pipelocal.metrics.timeline import TIMELINE
 from pipelocal.runtime.numerics import FP32, Numerics
 
 
@@ -171,20 +172,25 @@ class LocalStep:
                 meter.reset_peak()
             self.numerics.dynamic_rows(x)
             with meter.hooks() if meter else nullcontext(), self.numerics.autocast():
-                h = self.numerics.boundary(self._body(j, module, x))
+                with TIMELINE.span(f"forward m{module.index}"):
+                    h = self.numerics.boundary(self._body(j, module, x))
                 self.numerics.dynamic_rows(h)
                 if j == last and on_output is not None:
-                    on_output(h.detach())
-                groups = _loss_groups(module, h, batch, guide, self.own[j], self.losses)
+                    with TIMELINE.span("send"):
+                        on_output(h.detach())
+                with TIMELINE.span(f"head m{module.index}"):
+                    groups = _loss_groups(module, h, batch, guide, self.own[j], self.losses)
             self.kept[j] = (x, h)
             if self.forward_first and j != last:
                 deferred.append((j, groups))
             else:
-                self._run(j, groups)
+                with TIMELINE.span(f"backward m{module.index}"):
+                    self._run(j, groups)
             self.peaks.append(meter.peak if meter else 0)
             x = h
         for j, groups in deferred:
-            self._run(j, groups)
+            with TIMELINE.span(f"backward m{self.modules[j].index}"):
+                self._run(j, groups)
         self.output = x.detach()
 
     def _body(self, j: int, module, x: torch.Tensor) -> torch.Tensor:
@@ -239,14 +245,16 @@ class LocalStep:
     def _step(self, j: int) -> None:
         """Module j's optimizer step; with replicas, once the all-reduce launched now has summed its gradients."""
         if self.replicas is None:
-            self.numerics.step(j, self.optimizers[j])
+            with TIMELINE.span(f"optimizer m{self.modules[j].index}"):
+                self.numerics.step(j, self.optimizers[j])
         else:
             self.replicas.launch(j, self.params[j])  # body and head: a stashed body's gradients are unstashed
 
     def _settle(self) -> None:
         if self.replicas is not None:
             for j in self.replicas.completed():
-                self.numerics.step(j, self.optimizers[j])
+                with TIMELINE.span(f"optimizer m{self.modules[j].index}"):
+                    self.numerics.step(j, self.optimizers[j])
 
     def _unstash_grads(self) -> None:
         for j, copies in self.stashed.items():

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from pipelocal.distributed.transport import Kind, Receiver, Sender, TensorMeta, WireError, pad_rows
+from pipelocal.metrics.timeline import TIMELINE
 from pipelocal.runtime.step import LocalStep
 from pipelocal.schedules.plan import Plan, grad_keys
 
@@ -60,7 +61,9 @@ class GradLinks:
         if self.asynchronous:
             self.waiting.append(Waiting(t, step))
         else:
-            step.receive(self._recv(t, step.incoming, stats))
+            grads = self._recv(t, step.incoming, stats)
+            with TIMELINE.span("backward from next stage", step=t):
+                step.receive(grads)
 
     def on_finish(self, t: int, step: LocalStep, rows: int) -> None:
         """After the step's optimizer steps: owe the previous stage the gradients that leave this one."""
@@ -79,8 +82,10 @@ class GradLinks:
             applied += 1
             waiting = self.waiting.popleft()
             t, step = waiting.step, waiting.local_step
-            step.receive(self._recv(t, step.incoming, stats))
-            step.finish_late()
+            grads = self._recv(t, step.incoming, stats)
+            with TIMELINE.span("backward from next stage", step=t, late=True):
+                step.receive(grads)
+                step.finish_late()
             stats.delays.append(now - t - 1)  # optimizer steps this stage took in between
             for owed in self.owed:
                 if owed.step == t:
@@ -103,7 +108,8 @@ class GradLinks:
 
     def _recv(self, t: int, keys: list[int], stats) -> dict[int, torch.Tensor]:
         begin = time.perf_counter()
-        header, tensors, _ = self.receiver.recv()  # checked against the plan: kind GRAD, step t, shapes
+        with TIMELINE.span("grad-wait", step=t):
+            header, tensors, _ = self.receiver.recv()  # checked against the plan: kind GRAD, step t, shapes
         stats.grad_wait_s += time.perf_counter() - begin
         if header.step != t:
             raise WireError(f"stage {self.stage_index} expected the gradient of step {t}, got step {header.step}")

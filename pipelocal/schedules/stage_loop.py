@@ -20,6 +20,7 @@ from torch.distributed import ReduceOp
 
 from pipelocal.data import Batch
 from pipelocal.distributed.transport import Kind
+from pipelocal.metrics.timeline import TIMELINE
 from pipelocal.runtime.stage import Stage
 from pipelocal.runtime.step import StepResult, net_spans
 from pipelocal.schedules.links import Links
@@ -58,6 +59,11 @@ class StageLoop:
 
     def step(self, t: int, stats) -> StepResult | None:
         """Training step ``t`` (counted across epochs); None when the epoch is over for this stage."""
+        TIMELINE.at_step(t)
+        with TIMELINE.span("train", step=t):
+            return self._step(t, stats)
+
+    def _step(self, t: int, stats) -> StepResult | None:
         if self._fault and self._fault[0] == t:
             _inject(self._fault[1], self.stage_index, t)
         grads, ema, replicas = self.links.grads, self.links.ema, self.replicas
@@ -67,7 +73,8 @@ class StageLoop:
             # weights stay equal.
             limit = replicas.agree(grads.receiver.arrived(), ReduceOp.MIN) if replicas is not None else None
             grads.apply_arrived(t, stats, block=False, limit=limit)
-        batch = self._next_input(stats)
+        with TIMELINE.span("recv"):
+            batch = self._next_input(stats)
         if batch is None:
             return None
         # A preemption stops every stage after the same step: the first decides (its replicas together), the
@@ -162,6 +169,10 @@ class StageLoop:
     @torch.no_grad()
     def evaluate(self, stats) -> None:
         """Stream the test set through the pipeline; count each head's correct predictions on this stage."""
+        with TIMELINE.span("eval"):
+            self._evaluate(stats)
+
+    def _evaluate(self, stats) -> None:
         self.stage.set_mode(False)
         if self.replicas is not None and not self._sync_bn:
             self.replicas.broadcast_buffers(self.stage.modules)  # evaluate replica 0's BatchNorm statistics
