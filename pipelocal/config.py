@@ -88,6 +88,13 @@ class SplitConfig:
 @dataclass
 class GuidanceConfig:
     every: int = option(0, "periodic global guidance (PGL): one end-to-end step every N steps (0: off)")
+    burst: int = option(1, "M: each guidance point is M consecutive end-to-end steps (the last M of every N)")
+    every_end: int | None = option(
+        None,
+        "the guidance period at the last epoch: `every` at the first, interpolated linearly per epoch (dense "
+        "early and sparse late, or the reverse); None: `every` throughout",
+    )
+    every_epochs: int = option(0, "every k-th epoch is trained end to end (all its steps guidance steps); 0: off")
     mode: str = option(
         "sync", "pipeline: wait for the guidance gradient (sync) or apply it late (async)", ("sync", "async")
     )
@@ -104,6 +111,11 @@ class GuidanceConfig:
         "a guidance step keeps only the module boundaries and recomputes each module in its backward "
         "(one module's activations alive instead of every module's; one more forward)",
     )
+
+    @property
+    def on(self) -> bool:
+        """Some training step is a guidance step."""
+        return bool(self.every or self.warmup_epochs or self.every_epochs)
 
 
 @dataclass
@@ -247,13 +259,12 @@ class JobConfig:
             )
         _check_method(self)
         mode = mode_traits(self.mode)
-        if (self.guidance.every or self.guidance.warmup_epochs) and mode.end_to_end:
+        if self.guidance.on and mode.end_to_end:
             raise ConfigError(
                 f"guidance adds end-to-end steps to local learning; mode={self.mode} is end-to-end already. "
                 "Set guidance.every=0 and guidance.warmup_epochs=0, or use mode=sequential with a local method"
             )
-        if self.guidance.every < 0 or self.guidance.warmup_epochs < 0:
-            raise ConfigError("guidance.every and guidance.warmup_epochs must be 0 (off) or positive")
+        _check_guidance(self.guidance)
         if self.pipeline.buffer_size < 1 or (self.pipeline.max_reuse is not None and self.pipeline.max_reuse < 1):
             raise ConfigError("pipeline.buffer_size and pipeline.max_reuse must be at least 1")
         if self.pipeline.slowdown.factor < 1:
@@ -272,7 +283,7 @@ class JobConfig:
                 "checkpoint.every_steps: a replay pipeline's stages train unplanned numbers of steps, so they have "
                 "no common mid-epoch step; use checkpoint.every_epochs with pipeline.buffer=replay"
             )
-        crossing = self.guidance.every or self.guidance.warmup_epochs or method_options(self.method.name).cross_module
+        crossing = self.guidance.on or method_options(self.method.name).cross_module
         if self.train.compile and self.guidance.mode == "async" and crossing and self.mode == "pipeline":
             raise ConfigError(
                 "train.compile with guidance.mode=async: a pipeline stage then runs each step whose gradient comes "
@@ -286,6 +297,19 @@ class JobConfig:
         if mode.check is not None:
             mode.check(self)
         return self
+
+
+def _check_guidance(g: GuidanceConfig) -> None:
+    if min(g.every, g.warmup_epochs, g.every_epochs) < 0:
+        raise ConfigError("guidance.every, guidance.warmup_epochs and guidance.every_epochs must be 0 (off) or positive")
+    periods = [g.every] + ([g.every_end] if g.every_end is not None else [])
+    if g.every_end is not None and (not g.every or g.every_end < 1):
+        raise ConfigError(f"guidance.every_end={g.every_end} needs guidance.every > 0 and a period >= 1")
+    if g.burst < 1 or (g.every and g.burst > min(periods)):
+        raise ConfigError(
+            f"guidance.burst={g.burst} must be at least 1 and at most the period ({min(periods)}): a burst of M "
+            "end-to-end steps is the last M steps of every period"
+        )
 
 
 def _check_replicas(cfg: JobConfig) -> None:
@@ -323,7 +347,7 @@ def _check_method(cfg: JobConfig) -> None:
     """The method's name and knobs (its own ``Config.validate``), and whether replay can serve it."""
     method = method_options(cfg.method.name)
     method.check(cfg.method)
-    if cfg.pipeline.buffer == "replay" and (cfg.guidance.every or cfg.guidance.warmup_epochs or method.cross_module):
+    if cfg.pipeline.buffer == "replay" and (cfg.guidance.on or method.cross_module):
         local = ", ".join(name for name, m in sorted(METHOD_OPTIONS.items()) if not m.cross_module)
         raise ConfigError(
             "pipeline.buffer=replay trains stages on reused batches, which no gradient from a later stage can "

@@ -1,9 +1,12 @@
 """Smoke tests of the benchmark scripts on tiny configs: every mode / point produces its row."""
 
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_SET = [
@@ -88,6 +91,34 @@ def test_accuracy_runs_per_config_overrides(tmp_path):
     again = subprocess.run(cmd + ["--resume"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "$ " not in again.stdout, again.stderr[-3000:]  # kept, not run again
     assert json.loads((tmp_path / "accuracy.json").read_text())["rows"] == rows  # the same row, wall time too
+
+
+def test_accuracy_over_seeds_gives_mean_and_spread(tmp_path):
+    cmd = [sys.executable, "benchmarks/accuracy.py", "configs/fmnist/greedy_k4.yaml", "--seeds", "2", "--out"]
+    cmd += [str(tmp_path), "--set", *TINY_SET, "train.epochs=1", "train.max_steps=3", "data.test_subset=64"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    [row] = json.loads((tmp_path / "accuracy.json").read_text())["rows"]
+    runs = [tmp_path / "runs" / f"greedy_k4-seed{i}" for i in (0, 1)]
+    finals = [json.loads((r / "summary.json").read_text())["final_top1"] for r in runs]
+    assert [json.loads((r / "summary.json").read_text())["config"]["train"]["seed"] for r in runs] == [0, 1]
+    assert row[11] == 2 and row[3] == pytest.approx(statistics.fmean(finals), abs=1e-4)
+    assert row[12] == pytest.approx(statistics.stdev(finals), abs=1e-4)
+    assert row[-1] == " / ".join(f"{v:.4f}" for v in finals) and (tmp_path / "accuracy.png").exists()
+
+
+def test_pgl_study_tabulates_the_gap_with_its_spread(tmp_path):
+    cmd = [sys.executable, "benchmarks/pgl_study.py", "--modules", "4", "--methods", "greedy", "--seeds", "2"]
+    cmd += ["--schedules", "off", "every 2", "--out", str(tmp_path), "--set", *TINY_SET, "train.epochs=1"]
+    cmd += ["train.max_steps=3", "data.test_subset=64"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = json.loads((tmp_path / "pgl_study.json").read_text())["rows"]
+    assert [r[:3] for r in rows] == [["e2e", 1, "-"], ["greedy", 4, "off"], ["greedy", 4, "every 2"]]
+    e2e, off, guided = rows
+    assert off[7] == pytest.approx(100 * (e2e[4] - off[4]), abs=0.01)
+    assert guided[9] == 0.5  # 2 steps of 128 per run: the second one guided
+    assert len(off[6].split(" / ")) == 2 and (tmp_path / "pgl_study.png").exists()
 
 
 def test_step_cost_measures_local_and_guided_steps(tmp_path):

@@ -29,6 +29,35 @@ def test_guide_for_fires_every_n_steps_with_warmup_and_until():
     assert guide_for(until, 0, 7) and guide_for(until, 1, 7) is None
 
 
+def test_guidance_schedules_burst_period_and_epochs():
+    burst = GuidanceConfig(every=5, burst=2)
+    assert [s for s in range(15) if guide_for(burst, 0, s)] == [3, 4, 8, 9, 13, 14]
+    # dense early, sparse late: period 2 in epoch 0, 4 in epoch 2 of 3 (3 in between)
+    varying = GuidanceConfig(every=2, every_end=4)
+    assert [s for s in range(8) if guide_for(varying, 0, s, 3)] == [1, 3, 5, 7]
+    assert [s for s in range(12) if guide_for(varying, 1, s, 3)] == [2, 5, 8, 11]
+    assert [s for s in range(8) if guide_for(varying, 2, s, 3)] == [3, 7]
+    by_epochs = GuidanceConfig(every_epochs=3)
+    assert [e for e in range(6) if guide_for(by_epochs, e, 0, 6)] == [2, 5]
+    assert guide_for(by_epochs, 2, 1, 6) == Guide("replace", 1.0)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["--guidance.every=2", "--guidance.burst=3"], "at most the period"),
+        (["--guidance.every_end=4"], "needs guidance.every > 0"),
+        (["--guidance.every_epochs=-1"], "0 \\(off\\) or positive"),
+        (["--mode=e2e", "--method.name=e2e", "--guidance.every_epochs=2"], "end-to-end already"),
+    ],
+)
+def test_guidance_schedule_refusals(overrides, message):
+    from pipelocal.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        tiny_config(*overrides)
+
+
 def _setup(method, *extra):
     cfg = tiny_config(
         f"--method.name={method}", "--split.num_modules=4", "--optim.lr=0", "--optim.weight_decay=0", *extra

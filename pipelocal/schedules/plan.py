@@ -45,7 +45,7 @@ class Plan:
         epochs, every = cfg.train.epochs, cfg.train.eval_every
         evals = tuple(e for e in range(epochs) if (e + 1) % every == 0 or e + 1 == epochs)
         steps = len(train)
-        guides = tuple(guide_for(cfg.guidance, t // steps, t) for t in range(epochs * steps))
+        guides = tuple(guide_for(cfg.guidance, t // steps, t, epochs) for t in range(epochs * steps))
         numerics = Numerics(cfg.train.precision, torch.device("cpu"))
         return cls(
             epochs,

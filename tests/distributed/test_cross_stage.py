@@ -9,6 +9,7 @@ import torch
 from pipelocal.checkpoint import load_merged
 from pipelocal.data import build_loaders
 from pipelocal.runtime import build_local_net
+from pipelocal.schedules.plan import Plan
 from tests.conftest import tiny_config
 from tests.distributed.launch import TINY, runs_fixture
 from tests.distributed.test_pipeline import sequential_state
@@ -59,7 +60,23 @@ def _cases(nproc: int, **more: list[str]) -> dict[str, list[str]]:
     return {name: [*TINY, "--mode=pipeline", *args] for name, args in {**sync, "guided": ONE_GUIDED, **more}.items()}
 
 
-runs_p2 = runs_fixture(2, _cases(2, async_long=ASYNC_LONG, stale_ema=STALE_EMA))
+# Guidance schedules beyond every N (2 epochs of 5 steps; steps counted across epochs)
+SCHEDULES = {
+    "burst": ["--guidance.every=4", "--guidance.burst=2"],
+    "period-dense-to-sparse": ["--guidance.every=2", "--guidance.every_end=4", "--train.epochs=3"],
+    "by-epochs": ["--guidance.every_epochs=2"],
+}
+SCHEDULED = ["--method.name=infopro", "--split.num_modules=4", "--train.epochs=2"]
+runs_p2 = runs_fixture(
+    2,
+    _cases(
+        2,
+        async_long=ASYNC_LONG,
+        stale_ema=STALE_EMA,
+        **{name: [*SCHEDULED, *args] for name, args in SCHEDULES.items()},
+        burst_async=[*SCHEDULED, *SCHEDULES["burst"], "--guidance.mode=async"],
+    ),
+)
 runs_p4 = runs_fixture(4, _cases(4, async_e2e=ASYNC_E2E))
 
 
@@ -71,6 +88,21 @@ def test_sync_cross_stage_gradients_equal_sequential(request, method, nproc, k, 
     _assert_same(load_merged(out / name), sequential_state(_sync(method, k, extra)))
     every = next((int(e.split("=")[1]) for e in extra if e.startswith("--guidance.every=")), 0)
     assert _summary(out, name)["stages"][0]["guided_steps"] == (5 // every if every else 0)
+
+
+@pytest.mark.parametrize("name", SCHEDULES)
+def test_guidance_schedules_in_the_pipeline_equal_sequential(runs_p2, name):
+    """Invariant 2 for every schedule (sync), and the planned number of guidance steps."""
+    args = [*SCHEDULED, *SCHEDULES[name]]
+    _assert_same(load_merged(runs_p2 / name), sequential_state(args))
+    cfg = tiny_config(*TINY, *args, "--mode=pipeline")
+    planned = sum(g is not None for g in Plan.build(cfg, 320, 100).guides)
+    assert _summary(runs_p2, name)["guidance_steps"] == planned > 0
+
+
+def test_a_burst_with_async_guidance(runs_p2):
+    guided = _summary(runs_p2, "burst_async")["guidance_steps"]
+    assert guided == 4  # steps 2, 3 and 6, 7 of 10 (5 per epoch, counted across epochs)
 
 
 @pytest.mark.parametrize("nproc", [2, 4])

@@ -14,17 +14,19 @@ from tests.distributed.launch import TINY, runs_fixture, torchrun
 
 
 def sequential_state(overrides: list[str]) -> dict:
-    """The same job in sequential mode, in this process, for the same steps."""
+    """The same job in sequential mode, in this process, for the same steps (of every epoch)."""
     cfg = tiny_config(*TINY, *overrides, "--mode=sequential")
     torch.use_deterministic_algorithms(True)
     loader, net, opts, numerics = one_process(cfg)
-    steps = min(len(loader), cfg.train.max_steps)
-    for i, batch in enumerate(loader):
-        if i == steps:
-            break
-        set_lr(opts, lr_for_step(cfg, 0, i, steps))
-        guide = guide_for(cfg.guidance, 0, i)
-        train_step(net, batch, opts, cfg.optim.step == "per_module", guide=guide, numerics=numerics)
+    steps, epochs = min(len(loader), cfg.train.max_steps), cfg.train.epochs
+    for epoch in range(epochs):
+        loader.set_epoch(epoch)
+        for i, batch in enumerate(loader):
+            if i == steps:
+                break
+            set_lr(opts, lr_for_step(cfg, epoch, i, steps))
+            guide = guide_for(cfg.guidance, epoch, epoch * steps + i, epochs)
+            train_step(net, batch, opts, cfg.optim.step == "per_module", guide=guide, numerics=numerics)
     return net.state_dict()
 
 

@@ -1,0 +1,148 @@
+"""What periodic global guidance (PGL) buys, with error bars: local methods x K x guidance schedules x seeds.
+
+    python benchmarks/pgl_study.py                                   # the full grid (about two hours on 2 cores)
+    python benchmarks/pgl_study.py --modules 16 --methods greedy infopro --seeds 3   # a slice
+    python benchmarks/pgl_study.py --resume                          # keep the runs that finished
+
+Fashion-MNIST, CIFAR-style ResNet-32 (16 units: K = 16 is one block per module), sequential mode (the papers'
+protocol; each method's own configs/fmnist/<method>_k4.yaml for its knobs, K overridden), every run with the
+same epochs, batch, learning rate and schedule (``--set`` for all). Per cell
+(method, K, schedule): final test top-1 over ``--seeds`` seeds (mean ± sample std, and each seed), its gap to
+e2e's mean, and the share of that gap the schedule closes against the unguided run; what the schedule costs:
+the fraction of steps that are guidance steps, training minutes, and the peak saved activations in one
+process (a guided step keeps every module's graph: e2e's peak). Throughput in the P = 2 pipeline is what
+``benchmarks/guidance_ablation.py`` measures for the same schedules.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+
+from accuracy import run_one
+from common import hardware, results_dir, write_outputs
+
+SCHEDULES = {  # name -> config overrides
+    "off": [],
+    "every 10": ["guidance.every=10"],
+    "every 2": ["guidance.every=2"],
+    "dense-to-sparse 2-20": ["guidance.every=2", "guidance.every_end=20"],
+    "burst 2 of 10": ["guidance.every=10", "guidance.burst=2"],
+}
+COLUMNS = [
+    "method",
+    "K",
+    "guidance",
+    "seeds",
+    "final top-1 mean",
+    "std",
+    "per seed",
+    "gap to e2e (points)",
+    "gap closed",
+    "guided steps",
+    "train minutes",
+    "peak saved MiB",
+]
+
+
+def spec(method: str, k: int, schedule: str) -> str:
+    """The method's Fashion-MNIST config (its knobs; the same optimiser, batch and epochs in every one) at K."""
+    return f"configs/fmnist/{method}_k4.yaml@" + ",".join([f"split.num_modules={k}", *SCHEDULES[schedule]])
+
+
+def cell(runs) -> dict:
+    finals = [s.final_top1 for s, _ in runs]
+    first = runs[0][0]
+    return {
+        "mean": statistics.fmean(finals),
+        "std": statistics.stdev(finals) if len(finals) > 1 else 0.0,
+        "finals": finals,
+        "guided": first.guidance_steps / max(first.steps, 1),
+        "minutes": statistics.fmean(s.train_seconds for s, _ in runs) / 60,
+        "peak": first.saved_bytes_peak_max / 2**20,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--modules", nargs="*", type=int, default=[4, 8, 16])
+    parser.add_argument("--methods", nargs="*", default=["greedy", "dgl", "infopro"])
+    parser.add_argument("--schedules", nargs="*", default=list(SCHEDULES), choices=list(SCHEDULES))
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--set", nargs="*", default=[], help="overrides for every run (section.key=value)")
+    parser.add_argument("--out")
+    parser.add_argument("--resume", action="store_true")
+    args = parser.parse_args()
+    folder = results_dir("pgl_study", args.out)
+    shared = ["--model.depth=32", "--split.balance=uniform", *[f"--{kv}" for kv in args.set]]
+
+    def runs(spec_: str):
+        return [run_one(spec_, shared, folder / "runs", 1, args.resume, seed) for seed in range(args.seeds)]
+
+    e2e = cell(runs("configs/fmnist/e2e.yaml"))
+    rows, cells = [["e2e", 1, "-", args.seeds, e2e["mean"], e2e["std"], _seeds(e2e), 0.0, None, 1.0, None, None]], {}
+    for k in args.modules:
+        for method in args.methods:
+            for schedule in args.schedules:
+                c = cells[(method, k, schedule)] = cell(runs(spec(method, k, schedule)))
+                gap = 100 * (e2e["mean"] - c["mean"])
+                off = cells.get((method, k, "off"))
+                closed = None if off is None or schedule == "off" else _closed(e2e, off, c)
+                rows.append(
+                    [method, k, schedule, args.seeds, round(c["mean"], 4), round(c["std"], 4), _seeds(c),
+                     round(gap, 2), closed, round(c["guided"], 3), round(c["minutes"], 2), round(c["peak"], 1)]
+                )  # fmt: skip
+    header = (
+        f"# What periodic guidance buys (PGL study)\n\nhardware: {hardware()}; Fashion-MNIST, ResNet-32 (16 units), "
+        f"sequential mode, uniform split, seeds 0..{args.seeds - 1} per cell; shared overrides: "
+        f"{' '.join(shared)}.\n\ngap to e2e: e2e's mean final top-1 minus the cell's, in points; gap closed: the "
+        "share of the unguided run's gap this schedule removes ((guided - off) / (e2e - off), means); a difference "
+        "is only meaningful where it exceeds the stds. guided steps: fraction of steps that are end-to-end; peak "
+        "saved MiB: the largest saved activations of any module while it ran (one process: a guided step keeps "
+        "every module's graph).\n\ncommand: python benchmarks/pgl_study.py " + " ".join(_argv(args))
+    )
+    meta = {"hardware": hardware(), "e2e": e2e, "cells": {f"{m}-K{k}-{s}": c for (m, k, s), c in cells.items()}}
+    print(write_outputs(folder, "pgl_study", COLUMNS, rows, meta, header))
+    plot(folder, e2e, cells, args)
+
+
+def _seeds(c: dict) -> str:
+    return " / ".join(f"{v:.4f}" for v in c["finals"])
+
+
+def _closed(e2e: dict, off: dict, c: dict) -> str:
+    gap = e2e["mean"] - off["mean"]
+    return f"{(c['mean'] - off['mean']) / gap:.0%}" if abs(gap) > 1e-9 else "-"
+
+
+def _argv(args) -> list[str]:
+    out = ["--modules", *map(str, args.modules), "--methods", *args.methods, "--seeds", str(args.seeds)]
+    return out + (["--set", *args.set] if args.set else [])
+
+
+def plot(folder: Path, e2e: dict, cells: dict, args) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(args.modules), figsize=(4.5 * len(args.modules), 3.8), squeeze=False)
+    width = 0.8 / len(args.schedules)
+    for ax, k in zip(axes[0], args.modules):
+        for j, schedule in enumerate(args.schedules):
+            xs = [i + j * width for i in range(len(args.methods))]
+            cs = [cells[(m, k, schedule)] for m in args.methods]
+            ax.bar(xs, [c["mean"] for c in cs], width, yerr=[c["std"] for c in cs], capsize=3, label=schedule)
+        ax.axhline(e2e["mean"], color="k", lw=1, ls="--", label="e2e")
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(args.methods))], args.methods)
+        low = min(c["mean"] - c["std"] for (m, kk, s), c in cells.items() if kk == k)
+        ax.set_ylim(low - 0.01, max(e2e["mean"], low) + 0.01)
+        ax.set_title(f"K = {k}: final top-1 (mean ± std over {args.seeds} seeds)")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(folder / "pgl_study.png", dpi=110)
+
+
+if __name__ == "__main__":
+    main()
