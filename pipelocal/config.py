@@ -219,6 +219,23 @@ class MetricsConfig:
         "[first, last] training steps to record per-stage spans for (forward, backward, send, waits, steps, "
         "evaluation, checkpoints): rank 0 writes timeline.json (Perfetto/chrome://tracing) and timeline.png",
     )
+    profile: list[int] | None = option(
+        None,
+        "[first, last] training steps to run torch.profiler over (CPU, and CUDA on a GPU), on every rank: one trace "
+        "per process in <run dir>/profile (TensorBoard's profiler plugin, or https://ui.perfetto.dev)",
+    )
+    tensorboard: bool = option(
+        False,
+        "rank 0 also writes per-stage scalars to <run dir>/tensorboard at each epoch end and log interval "
+        "(needs pip install pipelocal[tensorboard]; metrics.jsonl stays the record)",
+    )
+
+    def validate(self) -> None:
+        """The step windows (raises ConfigError). (TensorBoard's package is checked where the writer opens.)"""
+        for name in ("timeline", "profile"):
+            window = getattr(self, name)
+            if window is not None and (len(window) != 2 or not 0 <= window[0] <= window[1]):
+                raise ConfigError(f"metrics.{name}={window}: give [first, last] training steps, 0 <= first <= last")
 
 
 @dataclass
@@ -291,9 +308,7 @@ class JobConfig:
                 "with compiled modules; use guidance.mode=sync or train.compile=false"
             )
         _check_replicas(self)
-        window = self.metrics.timeline
-        if window is not None and (len(window) != 2 or not 0 <= window[0] <= window[1]):
-            raise ConfigError(f"metrics.timeline={window}: give [first, last] training steps, 0 <= first <= last")
+        self.metrics.validate()
         if mode.check is not None:
             mode.check(self)
         return self
@@ -301,7 +316,9 @@ class JobConfig:
 
 def _check_guidance(g: GuidanceConfig) -> None:
     if min(g.every, g.warmup_epochs, g.every_epochs) < 0:
-        raise ConfigError("guidance.every, guidance.warmup_epochs and guidance.every_epochs must be 0 (off) or positive")
+        raise ConfigError(
+            "guidance.every, guidance.warmup_epochs and guidance.every_epochs must be 0 (off) or positive"
+        )
     periods = [g.every] + ([g.every_end] if g.every_end is not None else [])
     if g.every_end is not None and (not g.every or g.every_end < 1):
         raise ConfigError(f"guidance.every_end={g.every_end} needs guidance.every > 0 and a period >= 1")

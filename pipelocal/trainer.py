@@ -9,10 +9,12 @@ schedules/e2e_parallel.py). A strategy has ``stage`` (modules, optimizers, devic
 ``checkpoint_state``/``load_checkpoint``,
 ``state_dict`` and ``stop``.
 
-Where things go: something done every N steps (a checkpoint, a profiler window) is a step hook here,
-after ``stats.add``; something around every forward (autocast, runtime/numerics.py) is in the strategy's
-``step``, the one place each mode runs its forward (``LocalStep`` for the local modes, ``train_step`` for the
-E2E baselines); something at an epoch end (a checkpoint, after the drain) is in ``fit``.
+Where things go: something done every N steps (a checkpoint) is a step hook here, after ``stats.add``; a
+window of steps (the profiler's, metrics/profiler.py) opens at the top of a step and pauses at the epoch
+end, so each recorded step holds its whole iteration and no evaluation; something around every forward
+(autocast, runtime/numerics.py) is in the strategy's ``step``, the one place each mode runs its forward
+(``LocalStep`` for the local modes, ``train_step`` for the E2E baselines); something at an epoch end (a
+checkpoint, after the drain) is in ``fit``.
 A checkpoint holds the state after step ``self.step - 1``; a mid-epoch one is never taken at an epoch's
 last step (that one waits for the evaluation), so resuming at a step is resuming the epoch it falls in.
 """
@@ -26,6 +28,7 @@ import torch
 
 from pipelocal.checkpoint import Saver
 from pipelocal.metrics.memory import cuda_peak_bytes
+from pipelocal.metrics.profiler import StepProfiler
 from pipelocal.metrics.run_log import RunLog
 from pipelocal.metrics.stats import StageStats
 from pipelocal.metrics.summary import RunSummary
@@ -49,6 +52,7 @@ class Trainer:
         if preemption is not None:
             strategy.halt_requested = preemption.requested
         self._saved_at = None
+        self.profiler = StepProfiler.of(cfg.metrics.profile, log.run_dir, log.topo)  # None: off (metrics.profile)
 
     def fit(self) -> RunSummary | None:
         strategy, every = self.strategy, self.cfg.checkpoint
@@ -75,6 +79,8 @@ class Trainer:
         if every.final and (self._saved_at is None or self._saved_at[0] != self.step):
             self._save(self.cfg.train.epochs)
         strategy.stop()
+        if self.profiler is not None:
+            self.profiler.close()  # a pipeline stage's trace: every transfer begun inside the window has completed
         return self.log.close(strategy.stage.module_units)
 
     def train_epoch(self, epoch: int, start: int = 0, stats: StageStats | None = None) -> tuple[StageStats, bool]:
@@ -89,10 +95,12 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         waits, begin = strategy.waits(), time.perf_counter()
-        halted = False
-        with self.log.epoch(epoch, steps, begin, waits) as on_step:
+        halted, profiler = False, self.profiler
+        with self.log.epoch(epoch, steps, begin, waits, start) as on_step:
             i = start
             while limit is None or i < limit:
+                if profiler is not None:  # the profiler window's steps: each iteration whole, hooks included
+                    profiler.at(self.step)
                 lr = lr_for_step(cfg, epoch, min(i, steps - 1), steps)
                 set_lr(optimizers, lr)
                 result = strategy.step(self.step, stats)
@@ -109,6 +117,8 @@ class Trainer:
                 if every and self.step % every == 0 and i < steps:  # at an epoch's end: after its evaluation
                     strategy.drain(self.step, stats)
                     self._save(epoch, stats, time.perf_counter() - begin)
+        if profiler is not None:
+            profiler.pause(self.step)  # what comes between epochs (evaluation, checkpoints) is not profiled
         if not halted or i == limit:
             strategy.end_epoch(epoch, self.step, stats)
         if self.device.type == "cuda":

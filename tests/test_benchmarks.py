@@ -121,6 +121,20 @@ def test_pgl_study_tabulates_the_gap_with_its_spread(tmp_path):
     assert len(off[6].split(" / ")) == 2 and (tmp_path / "pgl_study.png").exists()
 
 
+def test_time_to_accuracy_gives_curves_and_targets(tmp_path):
+    cmd = [sys.executable, "benchmarks/time_to_accuracy.py", "--evals", "2", "--steps-per-eval", "2", "--batch"]
+    cmd += ["16", "--layouts", "e2e", "pipeline", "--out", str(tmp_path), "--set", *TINY_SET, "data.test_subset=64"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads((tmp_path / "time_to_accuracy.json").read_text())
+    assert [r[0] for r in result["rows"]] == ["e2e", "pipeline"]
+    for row in result["rows"]:
+        curve = result["curves"][row[0]]
+        assert len(curve) == 2 and curve[0][0] < curve[1][0] and round(curve[1][0], 1) == row[7]  # seconds add up
+        assert row[5] == max(acc for _, acc in curve) and row[6] == curve[-1][1]
+    assert (tmp_path / "time_to_accuracy.png").exists()
+
+
 def test_step_cost_measures_local_and_guided_steps(tmp_path):
     cmd = [sys.executable, "benchmarks/step_cost.py", "--methods", "greedy", "mlaan", "--modules", "4"]
     cmd += ["--batch", "8", "--rounds", "1", "--threads", "1", "--out", str(tmp_path)]

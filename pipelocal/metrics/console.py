@@ -1,4 +1,5 @@
-"""The console: a rich progress bar with ETA and live fields on a terminal, plain lines otherwise.
+"""The console: a rich progress bar with the epoch's and the run's remaining time and live fields on a terminal,
+plain lines otherwise.
 
 The only file that imports rich.
 """
@@ -28,6 +29,25 @@ def format_fields(fields: dict) -> str:
             continue
         parts.append(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}")
     return "  ".join(parts)
+
+
+def format_duration(seconds: float | None) -> str:
+    """A duration read at a glance: 42s, 3m05s, 1h02m; '-' when unknown."""
+    if seconds is None:
+        return "-"
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def remaining_s(steps_done: int, steps_left: int, elapsed_s: float) -> float | None:
+    """Time left at the measured rate (``steps_done`` steps took ``elapsed_s``); None before any step is measured."""
+    if steps_done <= 0 or elapsed_s <= 0:
+        return None
+    return elapsed_s / steps_done * max(steps_left, 0)
 
 
 def epoch_line(record: dict, rate_where: str = "") -> str:
@@ -74,7 +94,8 @@ class Console:
 
     @contextmanager
     def progress(self, title: str, total: int):
-        """Yields ``update(step, fields)``; rich redraws live, plain prints a line with ETA per call."""
+        """Yields ``update(step, fields, run_left)``: rich redraws live, plain prints a line per call, each with the
+        epoch's remaining time (from its own rate) and ``run_left``, the run's (seconds; None: not known yet)."""
         if self.kind == "rich":
             columns = [
                 TextColumn("{task.description}"),
@@ -83,20 +104,23 @@ class Console:
                 TimeElapsedColumn(),
                 TextColumn("eta"),
                 TimeRemainingColumn(),
+                TextColumn("run eta {task.fields[run]}"),
                 TextColumn("{task.fields[info]}"),
             ]
             with Progress(*columns, console=self._rich, transient=False) as bar:
-                task = bar.add_task(title, total=total, info="")
-                yield lambda step, fields: bar.update(task, completed=step, info=format_fields(fields))
+                task = bar.add_task(title, total=total, info="", run="-")
+                yield lambda step, fields, run_left=None: bar.update(
+                    task, completed=step, info=format_fields(fields), run=format_duration(run_left)
+                )
             return
         start = time.perf_counter()
 
-        def update(step: int, fields: dict) -> None:
+        def update(step: int, fields: dict, run_left: float | None = None) -> None:
             if self.kind == "none" or step == 0:
                 return
-            elapsed = time.perf_counter() - start
-            eta = elapsed / step * (total - step)
-            self.print(f"{title} {step}/{total}  {format_fields(fields)}  eta {eta:.0f}s")
+            eta = remaining_s(step, total - step, time.perf_counter() - start)
+            run = f"  run eta {format_duration(run_left)}" if run_left is not None else ""
+            self.print(f"{title} {step}/{total}  {format_fields(fields)}  eta {format_duration(eta)}{run}")
 
         yield update
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipelocal.metrics.console import Console
+from pipelocal.metrics.console import Console, format_duration
 from pipelocal.metrics.summary import RunSummary
 
 MIB = 2**20
@@ -59,6 +59,13 @@ def closing_report(summary: RunSummary, console: Console) -> None:
         f"final test top-1 {_acc(final)} | best test top-1 {best_text} | "
         f"{summary.samples_per_s_median:.1f} samples/s {where} (median epoch)".replace("  ", " ")
     )
+
+
+def trained_line(epochs: int, elapsed_s: float, expected_s: float | None = None) -> str:
+    """How long the run took on this process (evaluations and checkpoints included), beside what was expected
+    after its first epoch: "trained 3 epochs in 1m23s (expected 1m20s after the first)"."""
+    expected = f" (expected {format_duration(expected_s)} after the first)" if expected_s is not None else ""
+    return f"trained {epochs} epoch{'s' if epochs != 1 else ''} in {format_duration(elapsed_s)}{expected}"
 
 
 def _acc(value) -> str:

@@ -3,7 +3,9 @@ summary at the close. Rank 0 (the coordinator) writes the run directory and draw
 
 No collective on the hot path (DESIGN §4, No stalls): live rows travel off it (metrics/live.py), and each
 stage's :class:`StageStats` is gathered once per epoch, at its end, where evaluation drains the pipeline
-anyway. With one process nothing travels; the same types are written.
+anyway. With one process nothing travels; the same types are written. Rank 0 also keeps the run's clock (the
+remaining time in the progress line and the live table, the elapsed time at the close) and, with
+``metrics.tensorboard``, writes the same figures as TensorBoard scalars (metrics/tensorboard.py).
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ import torch.distributed as dist
 
 from pipelocal.config import to_dict
 from pipelocal.distributed.topology import Topology
-from pipelocal.metrics.console import Console, epoch_line
+from pipelocal.metrics.console import Console, epoch_line, format_duration, remaining_s
 from pipelocal.metrics.jsonl import JsonlWriter
 from pipelocal.metrics.live import LiveCollector, LiveReporter, LiveRow
-from pipelocal.metrics.report import closing_report
+from pipelocal.metrics.report import closing_report, trained_line
 from pipelocal.metrics.stats import EpochRecord, StageStats
 from pipelocal.metrics.summary import RunSummary
+from pipelocal.metrics.tensorboard import TensorBoardLog
 
 
 class RunLog:
@@ -41,13 +44,19 @@ class RunLog:
         self.log = JsonlWriter(self.run_dir / "metrics.jsonl") if coordinator else None
         self.live = JsonlWriter(self.run_dir / "live.jsonl") if coordinator else None
         self.history = [EpochRecord.from_dict(r) for r in history]  # epochs before a resume (from the checkpoint)
+        tensorboard = coordinator and cfg.metrics.tensorboard
+        self.tensorboard = TensorBoardLog(self.run_dir / "tensorboard") if tensorboard else None
+        self.clock = RunClock(cfg.train.epochs)
+        self.lr: float | None = None  # the learning rate of the last logged step (the epoch's last at its end)
 
     @contextmanager
-    def epoch(self, epoch: int, steps: int, start: float, waits):
+    def epoch(self, epoch: int, steps: int, start: float, waits, from_step: int = 0):
         """Yields ``on_step(stats, result, waits_fn, lr)``: every ``every`` steps the stage's live row goes to rank 0,
-        which draws a progress line with ETA (one process) or the all-stage table, and appends it to live.jsonl."""
+        which draws a progress line with the epoch's and the run's remaining time (one process) or the all-stage
+        table, and appends it to live.jsonl. ``from_step``: the epoch's first step here (a resume starts part-way)."""
         title = f"epoch {epoch + 1}/{self.cfg.train.epochs}"
         one_stage = not self.topo.distributed
+        self.clock.start_epoch(epoch, steps, from_step)
         with self.console.progress(title, steps) if one_stage else _no_progress() as update:
 
             def on_step(stats: StageStats, result, current_waits, lr: float) -> None:
@@ -64,11 +73,15 @@ class RunLog:
                 rows = {0: row, **(self.collector.poll() if self.collector else {})}
                 for k in sorted(rows):
                     self.live.write({"kind": "live", **rows[k].__dict__})
+                if self.tensorboard is not None:
+                    self.tensorboard.live([rows[k] for k in sorted(rows)])
+                self.lr, left = lr, self.clock.remaining_s(epoch, stats.steps)
                 if one_stage:
-                    update(stats.steps, {"loss": row.loss, "lr": lr, "samples/s": round(row.samples_per_s, 1)})
+                    update(stats.steps, {"loss": row.loss, "lr": lr, "samples/s": round(row.samples_per_s, 1)}, left)
                 else:
                     cells = [rows[k].cells() for k in sorted(rows)]
-                    self.console.stage_table(f"{title} step {stats.steps}/{steps}", cells)
+                    when = f"elapsed {format_duration(self.clock.elapsed_s())}  run eta {format_duration(left)}"
+                    self.console.stage_table(f"{title} step {stats.steps}/{steps}  {when}", cells)
 
             yield on_step
 
@@ -83,9 +96,14 @@ class RunLog:
         record = EpochRecord.of(epoch, gathered)
         self.log.write(record.to_dict())
         self.history.append(record)
+        if self.tensorboard is not None:
+            self.tensorboard.epoch(record, (epoch + 1) * self.clock.steps, self.lr)
+        left = self.clock.end_epoch(epoch)
         if len(record.stages) > 1:
             self.console.stage_table(f"epoch {epoch + 1}/{self.cfg.train.epochs}", [s.cells() for s in record.stages])
-        self.console.print(epoch_line(record.to_dict(), "at the last stage" if len(record.stages) > 1 else ""))
+        line = epoch_line(record.to_dict(), "at the last stage" if len(record.stages) > 1 else "")
+        when = f"  elapsed {format_duration(self.clock.elapsed_s())}  run eta {format_duration(left)}" if left else ""
+        self.console.print(line + when)
 
     def close(self, module_units: list) -> RunSummary | None:
         """After the last epoch: every rank's final live row, then rank 0 writes and prints the summary."""
@@ -97,6 +115,8 @@ class RunLog:
             self.collector.drain()
         self.log.close()
         self.live.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
         self.console.close()
         backend = self.topo.backend or "none (one process)"
         summary = RunSummary.of(
@@ -104,7 +124,43 @@ class RunLog:
         )
         summary.write(self.run_dir / "summary.json")
         closing_report(summary, self.console)
+        self.console.print(trained_line(self.clock.epochs_done, self.clock.elapsed_s(), self.clock.expected_s))
         return summary
+
+
+class RunClock:
+    """The run's elapsed time on this process, and its remaining time at the step rate measured since this process
+    began training (a resumed run: since its resume). Once an epoch has ended, the rate holds its evaluation too.
+    Read only at log intervals and epoch ends. ``now``: the clock (seconds)."""
+
+    def __init__(self, epochs: int, now=time.perf_counter):
+        self.epochs, self.now = epochs, now
+        self.steps = 0  # per epoch (the plan's)
+        self.begin: float | None = None
+        self.first = 0  # the run's steps done when this process began training
+        self.epochs_done = 0
+        self.expected_s: float | None = None  # the run's time as estimated at the end of its first epoch here
+
+    def start_epoch(self, epoch: int, steps: int, from_step: int) -> None:
+        if self.begin is None:
+            self.begin, self.first = self.now(), epoch * steps + from_step
+        self.steps = steps
+
+    def elapsed_s(self) -> float:
+        return 0.0 if self.begin is None else self.now() - self.begin
+
+    def remaining_s(self, epoch: int, step: int) -> float | None:
+        """After step ``step`` of epoch ``epoch``: the rest of the run at the rate so far (None: none measured)."""
+        done = epoch * self.steps + step
+        return remaining_s(done - self.first, self.epochs * self.steps - done, self.elapsed_s())
+
+    def end_epoch(self, epoch: int) -> float | None:
+        """The rest of the run after epoch ``epoch`` (0 after the last); the first one here sets ``expected_s``."""
+        self.epochs_done += 1
+        left = self.remaining_s(epoch + 1, 0)
+        if self.expected_s is None and left:
+            self.expected_s = self.elapsed_s() + left
+        return left
 
 
 def _live_row(epoch, steps, stats: StageStats, result, elapsed: float, waits, waits_now) -> LiveRow:
