@@ -135,6 +135,18 @@ def test_time_to_accuracy_gives_curves_and_targets(tmp_path):
     assert (tmp_path / "time_to_accuracy.png").exists()
 
 
+def test_timelines_draws_one_picture_per_schedule(tmp_path):
+    cmd = [sys.executable, "benchmarks/timelines.py", "--only", "pipeline", "1f1b", "--steps", "4", "--window", "1"]
+    cmd += ["2", "--batch", "16", "--out", str(tmp_path), "--set", *TINY_SET, "data.test_subset=64"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    for name in ("pipeline", "1f1b"):
+        events = json.loads((tmp_path / f"{name}.json").read_text())["traceEvents"]
+        assert {"forward", "backward"} <= {e["cat"] for e in events if e["ph"] == "X"}
+        assert (tmp_path / f"{name}.png").stat().st_size > 0
+    assert "![1f1b](1f1b.png)" in (tmp_path / "timelines.md").read_text()
+
+
 def test_step_cost_measures_local_and_guided_steps(tmp_path):
     cmd = [sys.executable, "benchmarks/step_cost.py", "--methods", "greedy", "mlaan", "--modules", "4"]
     cmd += ["--batch", "8", "--rounds", "1", "--threads", "1", "--out", str(tmp_path)]

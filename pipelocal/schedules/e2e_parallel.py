@@ -29,6 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from pipelocal.config import ConfigError
 from pipelocal.data import build_loaders
+from pipelocal.metrics.timeline import TIMELINE
 from pipelocal.options import ModeTraits
 from pipelocal.runtime import build_local_net
 from pipelocal.runtime.stage import Stage
@@ -60,6 +61,11 @@ class _Strategy:
             self._batches = iter(self.train_loader)
 
     def step(self, t: int, stats) -> StepResult:
+        TIMELINE.at_step(t)
+        with TIMELINE.span("train", step=t):
+            return self._step(t, stats)
+
+    def _step(self, t: int, stats) -> StepResult:
         batch = next(self._batches) if self._batches is not None else None
         for opt in self.stage.optimizers:
             opt.zero_grad(set_to_none=True)
@@ -67,8 +73,9 @@ class _Strategy:
         if meter:
             meter.reset_peak()
         loss = self.train_step(batch)
-        for j, opt in enumerate(self.stage.optimizers):
-            self.stage.numerics.step(j, opt)
+        with TIMELINE.span("optimizer"):
+            for j, opt in enumerate(self.stage.optimizers):
+                self.stage.numerics.step(j, opt)
         rows = self.plan.train_rows[t % len(self.plan.train_rows)]
         # Every rank steps in lockstep, so they agree on a preemption with one small gloo all-reduce.
         flag = torch.tensor([int(self.halt_requested())])
@@ -217,8 +224,30 @@ class _StageModule(nn.Module):
         self.parts = nn.ModuleList(modules)
         self.is_last = is_last
         self.numerics = numerics
+        # The timeline sees each microbatch's forward and backward on this stage (the schedule's sends and
+        # receives are inside torch.distributed.pipelining: they show as the gaps between them). A backward
+        # starts when the output's gradient arrives and ends when the stage's first parameter, the last one
+        # the backward reaches, has its gradient.
+        first = next(p for p in self.parameters() if p.requires_grad)
+        first.register_post_accumulate_grad_hook(lambda p: self._backward_span(False))
+        self._open = None
+
+    def _backward_span(self, start: bool) -> None:
+        if start:
+            self._open = TIMELINE.span("backward")
+            self._open.__enter__()
+        elif self._open is not None:
+            self._open.__exit__(None, None, None)
+            self._open = None
 
     def forward(self, x):
+        with TIMELINE.span("forward"):
+            out = self._forward(x)
+        if TIMELINE.recording and out.requires_grad:
+            out.register_hook(lambda grad: self._backward_span(True))
+        return out
+
+    def _forward(self, x):
         if x.requires_grad and self.numerics.channels_last:
             x = _ContiguousGrad.apply(x)
         x = self.numerics.layout(x)
