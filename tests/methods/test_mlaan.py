@@ -15,6 +15,7 @@ from pipelocal.optim import build_optimizers
 from pipelocal.runtime import build_local_net
 from pipelocal.schedules.sequential import train_step
 from tests.conftest import one_process, tiny_config
+from tests.methods.test_auglocal_mlaan import papers_gradients
 
 CIFAR10 = Path(__file__).resolve().parents[2] / "configs" / "cifar10"
 CIFAR = DataInfo(num_classes=10, input_shape=(3, 32, 32))
@@ -164,18 +165,7 @@ def test_dgl_base_span_3_step_equals_the_papers_recomputation():
     batch = Batch((raw - 0.5) / 0.25, torch.arange(16) % 10, raw)
     train_step(net, batch, build_optimizers(net.local_modules, cfg.optim), per_module=False)
     got = {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
-    net.zero_grad(set_to_none=True)
-    inputs = [batch.x]
-    for module in net.local_modules:
-        inputs.append(module(inputs[-1]).detach())
-    for i, module in enumerate(net.local_modules):
-        for k, span in enumerate(module.spans):
-            x = inputs[i - span + 1]
-            for m in net.local_modules[i - span + 1 : i + 1]:
-                x = m(x)
-            out = module.head(x, batch)
-            (out.get("terms") or [(out["loss"], span)])[k][0].backward()
-    want = {n: p.grad for n, p in net.named_parameters() if p.grad is not None}
+    want = papers_gradients(net, batch)
     assert got.keys() == want.keys()
     for name in got:
         torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-6, msg=name)
