@@ -6,7 +6,8 @@
 
 Each config runs in its own process (``python -m pipelocal.run``), one after the other, with the same
 overrides (``--set``) plus its own (``CONFIG@key=value,key=value``); the table, JSON, CSV and a PNG land
-under benchmarks/results/<hardware>-<date>/accuracy/ (or ``--out``). ``--resume`` keeps runs that finished and continues those that stopped.
+under benchmarks/results/<hardware>-<date>/accuracy/ (or ``--out``). ``--resume`` keeps runs that finished
+and continues those that stopped.
 ``--seeds N`` runs every config with ``train.seed`` = 0 .. N-1 (model init and data order): its row gives the
 mean and sample standard deviation of final and best top-1 over the seeds, and each seed's final figure;
 the PNG draws the spread.

@@ -36,12 +36,23 @@ from pipelocal.options import (
 
 @dataclass
 class ModelConfig:
-    name: str = option("cifar_resnet", "backbone: cifar_resnet (depth 6n+2), resnet18, resnet34, resnet50")
-    depth: int = option(20, "depth of cifar_resnet: 6n+2 (20, 32, 56, 110)")
+    name: str = option(
+        "cifar_resnet",
+        "backbone: cifar_resnet (depth 6n+2); resnet18, resnet34, resnet50, resnet101, resnet152, resnext101_32x8d; "
+        "cifar_vgg (VGG-BN, depth 11/13/16/19, global pool -> Linear); vgg11_bn, vgg13_bn, vgg16_bn, vgg19_bn "
+        "(torchvision's, 224); vit_tiny_p4 (width 192, 3 heads, 4x4 patches, depth blocks: 28x28/32x32 inputs); "
+        "vit_tiny, vit_small, vit_base (ViT-Ti/S/B with 16x16 patches, 224); a ViT name + _gap pools the mean of the "
+        "tokens instead of a class token",
+    )
+    depth: int = option(
+        20,
+        "cifar_resnet: 6n+2 (20, 32, 56, 110); cifar_vgg: 11, 13, 16, 19; vit_tiny_p4(_gap): transformer blocks; "
+        "fixed by the name for the others",
+    )
     norm: str = option(
         "batch",
-        "normalisation in the backbone: batch (as published), group (8 groups; independent of batch and "
-        "microbatch size, so DDP/GPipe gradients equal single-process ones exactly), none",
+        "normalisation in the conv backbones: batch (as published), group (8 groups; independent of batch and "
+        "microbatch size, so DDP/GPipe gradients equal single-process ones exactly), none; ViTs use LayerNorm",
         ("batch", "group", "none"),
     )
 

@@ -66,6 +66,12 @@ def table_ranges(table: str, depth: int, num_modules: int, positions: list[tuple
             f"no split table '{table}' for depth {depth} at K={num_modules}; tables exist for: {', '.join(have)}. "
             "Use split.balance=uniform or split.boundaries instead"
         )
+    blocks = (depth - 2) // 6
+    if list(positions) != [(0, 0)] + [(stage, b) for stage in (1, 2, 3) for b in range(blocks)]:
+        raise ConfigError(
+            f"split.balance=table: the tables are for the CIFAR ResNet-{depth} (model.name=cifar_resnet), and this "
+            "backbone's units are laid out otherwise; use split.balance=uniform|time|memory or split.boundaries"
+        )
     index = {pos: i for i, pos in enumerate(positions)}
     return ranges_from_boundaries([index[pos] for pos in known[num_modules]], len(positions))
 

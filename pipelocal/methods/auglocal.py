@@ -7,6 +7,13 @@ each, with that unit's output width (no weights shared or copied), then avg pool
 
 The authors' code uses K - d modules and folds the last d + 1 units into the final module; here K means
 K modules. To reproduce their setting give the boundaries explicitly (README, Methods).
+
+Beyond ResNets the rule is the same, with the backbone's own kind of unit (``Backbone.new_block``). VGG: a fresh
+conv3x3-BN-ReLU layer per sampled unit, "stride 2" being a layer that ends with a 2x2 max-pool (as the units that
+end a conv group do), so the aux net halves the resolution at most once per sampled layer where the real net
+may pool several times in between (a ResNet's sampled blocks likewise skip stages). ViT: a fresh transformer block
+per sampled block, always at the token width and count (stride 1); the classifier pools the tokens (mean) ->
+LayerNorm -> Linear, the ViT head's kind, without the BN1d of depth-1 nets (the LayerNorm normalises there).
 """
 
 from __future__ import annotations
@@ -16,8 +23,8 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import nn
 
-from pipelocal.methods.base import METHODS, Head, LocalMethod, unit_shapes
-from pipelocal.models import init_weights
+from pipelocal.methods.base import METHODS, Head, LocalMethod, token_layout, unit_shapes, width_of
+from pipelocal.models import TokenClassifier, init_weights
 from pipelocal.options import ConfigError, option
 
 
@@ -48,9 +55,12 @@ def sampled_units(after: int, depth: int, num_units: int) -> list[int]:
 
 
 class AugLocalHead(Head):
-    def __init__(self, blocks: list[nn.Module], width: int, num_classes: int):
+    def __init__(self, blocks: list[nn.Module], width: int, num_classes: int, tokens: bool = False):
         super().__init__()
         self.blocks = nn.Sequential(*blocks)
+        if tokens:
+            self.classifier = TokenClassifier(width, num_classes, "mean")
+            return
         norm = [nn.BatchNorm1d(width)] if len(blocks) <= 1 else []
         self.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), *norm, nn.Linear(width, num_classes))
         init_weights(self.classifier)
@@ -70,22 +80,23 @@ class AugLocal(LocalMethod):
 
     def plan(self, index: int) -> list[tuple[int, int, int]]:
         """(unit mimicked, width, stride) of each block of aux ``index``: stride 2 where the mimicked unit's
-        resolution is below the running one (on CIFAR ResNets: where the width doubles)."""
+        resolution is below the running one (on CIFAR ResNets: where the width doubles; never on tokens)."""
         shapes = unit_shapes(self.info)
         after = self.info.module_ends[index]
         depth = aux_depths(self.info.num_modules, self.cfg.aux_depth, self.cfg.depth_decay)[index]
-        size = shapes[after][1]
+        tokens = token_layout(self.info) is not None
+        size = 1 if tokens else shapes[after][1]
         plan = []
         for u in sampled_units(after, depth, len(shapes)):
-            stride = 2 if shapes[u][1] < size else 1
+            stride = 2 if not tokens and shapes[u][1] < size else 1
             size = -(-size // stride)
-            plan.append((u, shapes[u][0], stride))
+            plan.append((u, width_of(self.info, shapes[u]), stride))
         return plan
 
     def build_head(self, index):
-        width = self.info.module_shapes[index][0]
+        width = width_of(self.info, self.info.module_shapes[index])
         blocks = []
         for _, out_width, stride in self.plan(index):
             blocks.append(self.info.backbone.new_block(width, out_width, stride))
             width = out_width
-        return AugLocalHead(blocks, width, self.info.num_classes)
+        return AugLocalHead(blocks, width, self.info.num_classes, token_layout(self.info) is not None)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipelocal.models import Classifier, TokenClassifier, TokenLayout, TokensToGrid
 from pipelocal.options import MethodConfig, add_method_options, pick_knobs
 from pipelocal.registry import Registry
 
@@ -45,14 +46,54 @@ class NetInfo:
     num_modules: int
     num_classes: int
     input_shape: tuple[int, int, int]
-    module_shapes: tuple[tuple[int, int, int], ...]  # output (C, H, W) of each module
-    final_width: int  # channels entering the classifier
+    module_shapes: tuple[tuple[int, ...], ...]  # output (C, H, W), or (T, D) tokens, of each module
+    final_width: int  # channels entering the classifier: shape[0] of the last output (on tokens: final_width())
     module_ends: tuple[int, ...] = ()  # index of the last unit of each module
     backbone: Any = None  # the Backbone being cut (unit shapes, positions, new_block); read, never owned
 
 
 def unit_shapes(info: NetInfo) -> list[tuple[int, int, int]]:
     return info.backbone.unit_shapes(info.input_shape)
+
+
+# Token backbones (ViT). A method's rule is written for (C, H, W) maps; on (T, D) tokens each method makes the
+# nearest faithful choice, with these helpers: the token width plays the channels, linear probes pool the tokens
+# (TokenClassifier), and conv aux nets run on the patch grid (TokensToGrid).
+
+
+def token_layout(info: NetInfo) -> TokenLayout | None:
+    """How the backbone's activations are tokens (None: (C, H, W) maps, or no backbone given)."""
+    return getattr(info.backbone, "tokens", None)
+
+
+def width_of(info: NetInfo, shape: tuple[int, ...]) -> int:
+    """Channels C of a (C, H, W) map, or the width D of (T, D) tokens."""
+    return shape[-1] if token_layout(info) else shape[0]
+
+
+def final_width(info: NetInfo) -> int:
+    """Channels (or token width) entering the classifier."""
+    return width_of(info, unit_shapes(info)[-1]) if token_layout(info) else info.final_width
+
+
+def probe_net(info: NetInfo, shape: tuple[int, ...]) -> nn.Module:
+    """The linear probe on an activation of ``shape``: global avg pool -> Linear on maps; on tokens the mean of the
+    tokens -> LayerNorm -> Linear (the ViT head's kind: a pre-norm transformer's tokens are normalised only
+    there). The mean, not the class token, whatever the backbone classifies: after the embedding alone the class
+    token has seen no pixel, and after a few blocks it has gathered little."""
+    if token_layout(info):
+        return TokenClassifier(shape[-1], info.num_classes, "mean")
+    return Classifier(shape[0], info.num_classes)
+
+
+def as_maps(info: NetInfo, shape: tuple[int, ...]) -> tuple[nn.Module | None, tuple[int, int, int]]:
+    """For the conv aux nets: (an adapter taking (N, T, D) tokens to their (N, D, H/p, W/p) patch grid, the grid's
+    shape), or (None, ``shape``) on maps, which need none."""
+    layout = token_layout(info)
+    if layout is None:
+        return None, tuple(shape)
+    grid = layout.grid(info.input_shape)
+    return TokensToGrid(layout.prefix, grid), (shape[-1], *grid)
 
 
 class Head(nn.Module):

@@ -1,4 +1,10 @@
-"""dgl: Decoupled Greedy Learning's "MLP-SR" aux head (Belilovsky et al., 2020; METHODS §3)."""
+"""dgl: Decoupled Greedy Learning's "MLP-SR" aux head (Belilovsky et al., 2020; METHODS §3).
+
+On a ViT the head runs on the patch grid (the class token dropped): S is the grid's side, the spatial pooling
+averages neighbouring patch tokens, and its conv1x1-BN-ReLU layers are a token MLP (a 1x1 conv is one Linear
+applied to every token), so MLP-SR keeps its shape: pool the tokens to ceil(S/4)^2, a 3-layer token MLP, pool to
+<= 2x2, flatten, MLP. BatchNorm stays (as in MLP-SR) rather than a transformer's LayerNorm.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from pipelocal.methods.base import METHODS, CrossEntropyHead, LocalMethod
+from pipelocal.methods.base import METHODS, CrossEntropyHead, LocalMethod, as_maps
 from pipelocal.models import init_weights
 from pipelocal.options import option
 
@@ -65,5 +71,6 @@ class DGL(LocalMethod):
     Config = DGLConfig
 
     def build_head(self, index):
-        channels, height, _ = self.info.module_shapes[index]
-        return CrossEntropyHead(mlp_sr(channels, height, self.info.num_classes, self.cfg.head))
+        to_maps, (channels, height, _) = as_maps(self.info, self.info.module_shapes[index])
+        net = mlp_sr(channels, height, self.info.num_classes, self.cfg.head)
+        return CrossEntropyHead(net if to_maps is None else nn.Sequential(to_maps, *net))

@@ -1,7 +1,9 @@
-"""greedy: each module trained by a linear probe on its pooled output (global avg pool -> Linear, CE)."""
+"""greedy: each module trained by a linear probe on its pooled output (global avg pool -> Linear, CE).
 
-from pipelocal.methods.base import METHODS, CrossEntropyHead, LocalMethod
-from pipelocal.models import Classifier
+On a ViT the probe pools the tokens (their mean) -> LayerNorm -> Linear: the ViT head's kind (base.probe_net).
+"""
+
+from pipelocal.methods.base import METHODS, CrossEntropyHead, LocalMethod, probe_net
 
 
 @METHODS.register("greedy")
@@ -9,4 +11,4 @@ class Greedy(LocalMethod):
     name = "greedy"
 
     def build_head(self, index):
-        return CrossEntropyHead(Classifier(self.info.module_shapes[index][0], self.info.num_classes))
+        return CrossEntropyHead(probe_net(self.info, self.info.module_shapes[index]))

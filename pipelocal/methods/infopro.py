@@ -3,6 +3,11 @@
 The reconstruction target is the *un-normalised* input in [0, 1], so the batch carries it (``raw``);
 in the pipeline it travels with the activations. ``method.aux_net`` picks the aux nets: the paper's CIFAR ones
 (default) or those of the authors' released ImageNet code (``Experiments on ImageNet/networks/resnet.py``).
+
+On a ViT both aux nets run on the patch grid: the patch tokens (class token dropped) are laid back as an
+(N, D, H/p, W/p) map, which the decoder upsamples to the input size and decodes to the raw image, and on which the
+task head's conv runs. The token width never grows, so the "1c2f" head's conv keeps it at stride 1, as at a
+ResNet's last stage.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipelocal.methods.base import METHODS, Head, LocalMethod, NetInfo
+from pipelocal.methods.base import METHODS, Head, LocalMethod, NetInfo, as_maps, final_width
 from pipelocal.models import init_weights
 from pipelocal.options import ConfigError, option
 
@@ -80,7 +85,7 @@ def cifar_aux_nets(channels: int, info: NetInfo, out_features: int) -> tuple[nn.
     in_channels, height, width = info.input_shape
     decoder = UpsampleThen((height, width), *_conv_bn_relu(channels, 12, 3), nn.Conv2d(12, in_channels, 3, 1, 1))
     # Double the width with stride 2 below the last stage's width; keep it (stride 1) at the last stage.
-    out_channels, stride = (channels * 2, 2) if channels < info.final_width else (channels, 1)
+    out_channels, stride = (channels * 2, 2) if channels < final_width(info) else (channels, 1)
     task = nn.Sequential(
         *_conv_bn_relu(channels, out_channels, 3, stride),
         nn.AdaptiveAvgPool2d(1),
@@ -129,21 +134,23 @@ AUX_NETS = {"cifar": cifar_aux_nets, "imagenet": imagenet_aux_nets}
 
 class InfoProHead(Head):
     """``decoder(h)``: reconstruction logits at the input size (BCE against the raw input); ``task(h)``: class
-    scores (softmax) or a 128-d embedding (contrast)."""
+    scores (softmax) or a 128-d embedding (contrast). ``to_maps``: tokens -> patch grid first (None on maps)."""
 
-    def __init__(self, channels: int, info: NetInfo, cfg: InfoProConfig, lambdas):
+    def __init__(self, channels: int, info: NetInfo, cfg: InfoProConfig, lambdas, to_maps: nn.Module | None = None):
         super().__init__()
         self.lambda_rec, self.lambda_task = lambdas
         self.contrast = cfg.loss == "contrast"
         self.temperature = cfg.temperature
         out_features = 128 if self.contrast else info.num_classes
+        self.to_maps = nn.Identity() if to_maps is None else to_maps  # no parameters: state-dict keys as before
         self.decoder, self.task = AUX_NETS[cfg.aux_net](channels, info, out_features)
         init_weights(self)
 
     def logits(self, h):
-        return None if self.contrast else self.task(h)
+        return None if self.contrast else self.task(self.to_maps(h))
 
     def forward(self, h, batch):
+        h = self.to_maps(h)
         out: dict[str, torch.Tensor | None] = {"logits": None}
         loss = h.new_zeros(())
         if self.lambda_rec:
@@ -181,4 +188,5 @@ class InfoPro(LocalMethod):
             raise ConfigError(
                 f"method.lambdas={self.cfg.lambdas} gives module {index} λ1 = λ2 = 0: it would have no loss"
             )
-        return InfoProHead(self.info.module_shapes[index][0], self.info, self.cfg, lambdas)
+        to_maps, shape = as_maps(self.info, self.info.module_shapes[index])
+        return InfoProHead(shape[0], self.info, self.cfg, lambdas, to_maps)

@@ -22,6 +22,15 @@ code: parameters only, before the step); the InfoPro combination's probe uses th
 code's is always contrastive) and the usual λ schedule (the code interpolates by stage index). No module is
 re-run: the step keeps module i-1's graph until module i's cascade gradient has flowed back through it, the
 same gradient as the paper's recomputation and the mechanism a pipeline uses across stages.
+
+Beyond ResNets the copy rule reads the backbone's positions as it reads a ResNet's. VGG (stages = conv groups,
+block 0 the layer that widens): from a group before the last, the first layer of every later group, then the last
+group's layers, ending at the last layer; because a VGG downsamples by the pool that ends the layer *before* a
+copied one, the LAM max-pools to the resolution the live layer sees before each copy that needs it (on a ResNet
+the copied transition blocks downsample themselves, so nothing is inserted). ViT (the embedding, then one stage of
+alike blocks): from the embedding, blocks 0, 2, 3 and the last (the stage's block 0, then blocks from its third);
+from a block, the last 3 blocks (fewer near the end), the first of them trainable + EMA. Probes on tokens pool them
+(mean) -> LayerNorm -> Linear (base.probe_net).
 """
 
 from __future__ import annotations
@@ -33,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipelocal.methods.base import METHODS, Head, LocalMethod, unit_shapes
+from pipelocal.methods.base import METHODS, CrossEntropyHead, Head, LocalMethod, probe_net, token_layout, unit_shapes
 from pipelocal.models import Classifier, init_weights
 from pipelocal.options import ConfigError, option
 
@@ -181,11 +190,23 @@ class LinearProbe(Classifier, Head):
 class MLAANHead(Head):
     """``probe`` on the module's output, ``classifier`` on the LAM's: heads returning their loss (base.py)."""
 
-    def __init__(self, live: list[nn.Module], units: list[int], probe: Head, classifier: Head, cfg, span: int):
+    def __init__(
+        self,
+        live: list[nn.Module],
+        units: list[int],
+        probe: Head,
+        classifier: Head,
+        cfg,
+        span: int,
+        entry: nn.Module | None = None,
+    ):
+        """``live``: the blocks to copy, in order (parameter-free resampling layers may sit between them);
+        ``entry``: a resampling of h before the first copy and its EMA (None: h as it is)."""
         super().__init__()
         self.wx, self.wy, self.span, self.momentum = cfg.wx, cfg.wy, span, cfg.ema_momentum
         self.units = units  # backbone units copied; units[0] is the one the EMA follows
         self.probe = probe
+        self.entry = nn.Identity() if entry is None else entry  # no parameters: state-dict keys as before
         self.first = copy.deepcopy(live[0])
         self.ema = _frozen(live[0])
         self.rest = nn.Sequential(*(copy.deepcopy(b) for b in live[1:]))
@@ -197,7 +218,8 @@ class MLAANHead(Head):
 
     def forward(self, h, batch):
         probe = self.probe(h, batch)
-        cascade = self.classifier(self.rest(self.first(h) + self.ema(h)), batch)
+        x = self.entry(h)
+        cascade = self.classifier(self.rest(self.first(x) + self.ema(x)), batch)
         wx, wy = self.wx * probe["loss"], self.wy * cascade["loss"]
         return {
             "loss": wx + wy,
@@ -252,18 +274,38 @@ class MLAAN(LocalMethod):
     def build_head(self, index):
         if not self.loss_spans(index):
             return None  # trained through the first cascade
-        backbone = self.info.backbone
         units = self.copied_units(index)
         probe, classifier = self.heads(index, unit_shapes(self.info)[units[-1]])
-        head = MLAANHead(
-            [backbone.units[u] for u in units], units, probe, classifier, self.cfg, self.loss_spans(index)[-1]
-        )
+        entry, live = self.at_live_resolution(index, units)
+        head = MLAANHead(live, units, probe, classifier, self.cfg, self.loss_spans(index)[-1], entry)
         head.follow_ema = bool(self.followed_units(index))
         return head
+
+    def at_live_resolution(self, index: int, units: list[int]) -> tuple[nn.Module | None, list[nn.Module]]:
+        """(entry, blocks): the live units to copy, each preceded by a max-pool to the resolution the live net
+        feeds it at, where that is below the LAM's running one (VGG; never on ResNets or tokens)."""
+        backbone, shapes = self.info.backbone, unit_shapes(self.info)
+        if token_layout(self.info) is not None:
+            return None, [backbone.units[u] for u in units]
+        entry, live, size = None, [], shapes[self.info.module_ends[index]][1:]
+        for u in units:
+            seen = shapes[u - 1][1:]  # what unit u receives in the live net
+            if seen[0] < size[0]:
+                pool = nn.AdaptiveMaxPool2d(seen)
+                if live:
+                    live.append(pool)
+                else:
+                    entry = pool
+            live.append(backbone.units[u])
+            size = shapes[u][1:]
+        return entry, live
 
     def heads(self, index: int, lam_shape: tuple[int, int, int]) -> tuple[Head, Head]:
         """The probe on module ``index``'s output and the head on its LAM's output (shape ``lam_shape``)."""
         if self.base is None:
+            if token_layout(self.info) is not None:
+                shapes = (self.info.module_shapes[index], lam_shape)
+                return tuple(CrossEntropyHead(probe_net(self.info, s)) for s in shapes)
             width = self.info.module_shapes[index][0]
             return LinearProbe(width, self.info.num_classes), LinearProbe(lam_shape[0], self.info.num_classes)
         shapes = tuple(lam_shape if i == index else s for i, s in enumerate(self.info.module_shapes))

@@ -5,17 +5,34 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 
+@dataclass(frozen=True)
+class TokenLayout:
+    """How a token backbone's activations (N, T, D) sit on the image: each patch token covers ``patch`` x
+    ``patch`` pixels, and the first ``prefix`` tokens are not patches (ViT's class token)."""
+
+    patch: int
+    prefix: int
+
+    def grid(self, input_shape: tuple[int, ...]) -> tuple[int, int]:
+        """(H/p, W/p): the patch grid for one input of shape (C, H, W)."""
+        return input_shape[1] // self.patch, input_shape[2] // self.patch
+
+
 class Backbone(nn.Module):
     """Units applied in order, then ``classifier``; the pieces that split.py cuts into local modules.
 
-    ``positions[i]`` is unit i's ``(stage, block)`` address used by the papers' split tables
-    (``(0, 0)`` is the stem). ``new_block(in_channels, out_channels, stride)`` builds a fresh, initialised
-    block of the backbone's own kind (basic or bottleneck), for aux nets shaped like later units (AugLocal).
+    ``positions[i]`` is unit i's ``(stage, block)`` address used by the papers' split tables and MLAAN's copy
+    rule: a stage is a run of units at one resolution and width whose block 0 is where the width changes
+    (``(0, 0)`` is a stem, where there is one). ``new_block(in_channels, out_channels, stride)`` builds a fresh,
+    initialised block of the backbone's own kind (basic or bottleneck, a VGG conv layer, a transformer block),
+    for aux nets shaped like later units (AugLocal). ``tokens`` is None for conv nets, whose units pass (N, C, H, W)
+    maps; a ViT's units pass (N, T, D) tokens laid out as ``tokens`` says.
     """
 
     def __init__(
@@ -24,6 +41,7 @@ class Backbone(nn.Module):
         classifier: nn.Module,
         positions: list[tuple[int, int]],
         new_block: Callable[[int, int, int], nn.Module],
+        tokens: TokenLayout | None = None,
     ):
         super().__init__()
         if len(units) != len(positions):
@@ -32,6 +50,7 @@ class Backbone(nn.Module):
         self.classifier = classifier
         self.positions = positions
         self.new_block = new_block
+        self.tokens = tokens
         self._shapes: dict[tuple, list] = {}
 
     @property
@@ -45,7 +64,8 @@ class Backbone(nn.Module):
 
     @torch.no_grad()
     def unit_shapes(self, input_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
-        """Per-unit output shape (C, H, W) for one sample of ``input_shape``, by a dry forward on meta (cached)."""
+        """Per-unit output shape, (C, H, W) or (T, D) tokens, for one sample of ``input_shape``, by a dry forward on
+        meta (cached)."""
         key = tuple(input_shape)
         if key not in self._shapes:
             x = torch.empty((2, *input_shape), device="meta")
@@ -78,6 +98,38 @@ class Classifier(nn.Sequential):
 
     def __init__(self, channels: int, num_classes: int):
         super().__init__(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes))
+
+
+class TokenClassifier(nn.Module):
+    """Pool the tokens (the class token, or the mean of all) -> LayerNorm -> Linear: a ViT's real head, and the
+    token counterpart of :class:`Classifier` for aux heads (timm's final norm + head; for the class token,
+    normalising before or after picking it is the same, LayerNorm being per token)."""
+
+    def __init__(self, width: int, num_classes: int, pool: str = "mean"):
+        super().__init__()
+        if pool not in ("cls", "mean"):
+            raise ValueError(f"token pool '{pool}': choose cls or mean")
+        self.pool = pool
+        self.norm = nn.LayerNorm(width)
+        self.fc = nn.Linear(width, num_classes)
+        nn.init.trunc_normal_(self.fc.weight, std=0.02)
+        nn.init.zeros_(self.fc.bias)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.norm(h[:, 0] if self.pool == "cls" else h.mean(1)))
+
+
+class TokensToGrid(nn.Module):
+    """(N, T, D) tokens -> (N, D, H/p, W/p): the patch tokens laid back on their grid (the class token dropped), so
+    the conv aux nets (DGL's MLP-SR, InfoPro's decoder and task head) run on a ViT's activations."""
+
+    def __init__(self, prefix: int, grid: tuple[int, int]):
+        super().__init__()
+        self.prefix, self.grid = prefix, tuple(grid)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        n, _, d = h.shape
+        return h[:, self.prefix :].transpose(1, 2).reshape(n, d, *self.grid)
 
 
 def norm_layer(name: str):
