@@ -74,6 +74,33 @@ class _Span:
 TIMELINE = Timeline()  # one per process, like torch.profiler's state: the loop's parts record into it
 
 
+def trace_microbatches(module) -> None:
+    """Spans for every forward and backward through ``module`` (a GPipe/1F1B stage: one per microbatch; the
+    schedule's own transfers, inside torch.distributed.pipelining, show as the gaps). A backward starts when the
+    output's gradient arrives and ends when the module's first parameter, the last the backward reaches, has its
+    gradient. Off, each is a hook call returning at once."""
+    spans = {}
+
+    def start(kind: str) -> None:
+        spans[kind] = TIMELINE.span(kind)
+        spans[kind].__enter__()
+
+    def end(kind: str) -> None:
+        span = spans.pop(kind, None)
+        if span is not None:
+            span.__exit__(None, None, None)
+
+    def after_forward(_module, _args, out) -> None:
+        end("forward")
+        if TIMELINE.recording and out.requires_grad:
+            out.register_hook(lambda grad: start("backward"))
+
+    module.register_forward_pre_hook(lambda _module, _args: start("forward"))
+    module.register_forward_hook(after_forward)
+    first = next(p for p in module.parameters() if p.requires_grad)
+    first.register_post_accumulate_grad_hook(lambda _param: end("backward"))
+
+
 def span_cost_ns(n: int = 20_000) -> float:
     """What entering and leaving one recorded span costs here, timed on a scratch recorder."""
     scratch = Timeline()

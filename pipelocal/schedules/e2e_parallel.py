@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from pipelocal.config import ConfigError
 from pipelocal.data import build_loaders
-from pipelocal.metrics.timeline import TIMELINE
+from pipelocal.metrics.timeline import TIMELINE, trace_microbatches
 from pipelocal.options import ModeTraits
 from pipelocal.runtime import build_local_net
 from pipelocal.runtime.stage import Stage
@@ -159,6 +159,7 @@ class PipeliningLoop(_Strategy):
         super().__init__(stage, plan, rank, loaders, groups.control)
         self.is_first, self.is_last = rank == 0, rank == world - 1
         self.module = _StageModule(stage.modules, self.is_last, stage.numerics)
+        trace_microbatches(self.module)
         pipe_stage = PipelineStage(self.module, rank, world, stage.device, group=groups.forward)
         self.schedule = schedule_cls(pipe_stage, n_microbatches=cfg.pipeline.microbatches, loss_fn=_loss)
 
@@ -224,30 +225,8 @@ class _StageModule(nn.Module):
         self.parts = nn.ModuleList(modules)
         self.is_last = is_last
         self.numerics = numerics
-        # The timeline sees each microbatch's forward and backward on this stage (the schedule's sends and
-        # receives are inside torch.distributed.pipelining: they show as the gaps between them). A backward
-        # starts when the output's gradient arrives and ends when the stage's first parameter, the last one
-        # the backward reaches, has its gradient.
-        first = next(p for p in self.parameters() if p.requires_grad)
-        first.register_post_accumulate_grad_hook(lambda p: self._backward_span(False))
-        self._open = None
-
-    def _backward_span(self, start: bool) -> None:
-        if start:
-            self._open = TIMELINE.span("backward")
-            self._open.__enter__()
-        elif self._open is not None:
-            self._open.__exit__(None, None, None)
-            self._open = None
 
     def forward(self, x):
-        with TIMELINE.span("forward"):
-            out = self._forward(x)
-        if TIMELINE.recording and out.requires_grad:
-            out.register_hook(lambda grad: self._backward_span(True))
-        return out
-
-    def _forward(self, x):
         if x.requires_grad and self.numerics.channels_last:
             x = _ContiguousGrad.apply(x)
         x = self.numerics.layout(x)
