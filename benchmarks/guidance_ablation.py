@@ -3,8 +3,9 @@
     python benchmarks/guidance_ablation.py                       # Fashion-MNIST, ResNet-20, InfoPro, P = K = 2
     python benchmarks/guidance_ablation.py --stages 4 --repeats 1
     python benchmarks/guidance_ablation.py --accuracy            # plus test top-1 after a fixed budget
+    python benchmarks/guidance_ablation.py --modules 16 --every 10 2 --set model.depth=32 split.balance=uniform
 
-Variants: guidance off, and every N in {100, 20, 5, 1} steps x mode in {sync, async}, all with the same
+Variants: guidance off, and every N in {100, 20, 5, 1} steps (``--every``) x mode in {sync, async}, all with the same
 model, data, batch and split (``combine: replace``), each a torchrun job, in alternation ``--repeats`` times.
 Per run, throughput is the last stage's training samples/s, median over epochs; reported as medians over
 repeats, relative to guidance off. Also per variant: the gradient wait of the first stage (sync: the drain;
@@ -38,10 +39,10 @@ COLUMNS = [
 ]
 
 
-def variants() -> dict[str, list[str]]:
+def variants(everies=EVERY) -> dict[str, list[str]]:
     out = {"off": ["--guidance.every=0"]}
     for mode in ("sync", "async"):
-        for every in EVERY:
+        for every in everies:
             out[f"{mode} every {every}"] = [f"--guidance.every={every}", f"--guidance.mode={mode}"]
     return out
 
@@ -108,7 +109,7 @@ def table(results: dict, accuracy: dict) -> tuple[list[list], dict]:
     return rows, figures
 
 
-def plot(folder: Path, figures: dict, title: str) -> None:
+def plot(folder: Path, figures: dict, title: str, everies=EVERY) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -116,7 +117,7 @@ def plot(folder: Path, figures: dict, title: str) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     for mode, marker in (("sync", "o"), ("async", "s")):
-        xs = list(EVERY)
+        xs = list(everies)
         axes[0].plot(xs, [figures[f"{mode} every {e}"]["relative"] for e in xs], marker=marker, label=mode)
         axes[1].plot(xs, [figures[f"{mode} every {e}"]["held_mib"] for e in xs], marker=marker, label=mode)
     axes[0].axhline(1.0, color="grey", lw=0.8)
@@ -140,6 +141,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="epochs per run (median over them)")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--every", nargs="*", type=int, default=list(EVERY), help="guidance periods to run")
     parser.add_argument("--accuracy", action="store_true", help="also train each variant on the full data")
     parser.add_argument("--accuracy-epochs", type=int, default=1)
     parser.add_argument("--set", nargs="*", default=[], help="config overrides, section.key=value")
@@ -147,13 +149,13 @@ def main() -> None:
     args = parser.parse_args()
     folder = results_dir(f"guidance_ablation-p{args.stages}", args.out)
     runs = folder / "runs"
-    results: dict[str, list[RunSummary]] = {name: [] for name in variants()}
+    results: dict[str, list[RunSummary]] = {name: [] for name in variants(args.every)}
     for r in range(args.repeats):  # alternate, so drift on a shared machine hits every variant alike
-        for name, extra in variants().items():
+        for name, extra in variants(args.every).items():
             results[name].append(run(args, extra, runs, f"{name.replace(' ', '-')}-{r}", False))
     accuracy = {}
     if args.accuracy:
-        for name, extra in variants().items():
+        for name, extra in variants(args.every).items():
             accuracy[name] = run(args, extra, runs, f"{name.replace(' ', '-')}-accuracy", True)
     rows, figures = table(results, accuracy)
     k = args.modules or args.stages
@@ -175,7 +177,7 @@ def main() -> None:
     )
     meta = {"hardware": hardware(), "args": vars(args), "results": results, "accuracy": accuracy}
     print(write_outputs(folder, "guidance_ablation", COLUMNS, rows, meta, header))
-    plot(folder, figures, title)
+    plot(folder, figures, title, args.every)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
     python benchmarks/pgl_study.py                                   # the full grid (about two hours on 2 cores)
     python benchmarks/pgl_study.py --modules 16 --methods greedy infopro --seeds 3   # a slice
     python benchmarks/pgl_study.py --resume                          # keep the runs that finished
+    python benchmarks/pgl_study.py --tabulate                        # run nothing: the table of the cells that finished
 
 Fashion-MNIST, CIFAR-style ResNet-32 (16 units: K = 16 is one block per module), sequential mode (the papers'
 protocol; each method's own configs/fmnist/<method>_k4.yaml for its knobs, K overridden), every run with the
@@ -20,7 +21,7 @@ import argparse
 import statistics
 from pathlib import Path
 
-from accuracy import run_one
+from accuracy import parse_spec, run_one
 from common import hardware, results_dir, write_outputs
 
 SCHEDULES = {  # name -> config overrides
@@ -73,19 +74,34 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], help="overrides for every run (section.key=value)")
     parser.add_argument("--out")
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument(
+        "--tabulate", action="store_true", help="run nothing; tabulate the cells whose seeds all finished"
+    )
     args = parser.parse_args()
     folder = results_dir("pgl_study", args.out)
     shared = ["--model.depth=32", "--split.balance=uniform", *[f"--{kv}" for kv in args.set]]
 
     def runs(spec_: str):
-        return [run_one(spec_, shared, folder / "runs", 1, args.resume, seed) for seed in range(args.seeds)]
+        if args.tabulate and not all(_finished(folder, spec_, seed) for seed in range(args.seeds)):
+            return None
+        return [
+            run_one(spec_, shared, folder / "runs", 1, args.resume or args.tabulate, seed) for seed in range(args.seeds)
+        ]
 
-    e2e = cell(runs("configs/fmnist/e2e.yaml"))
-    rows, cells = [["e2e", 1, "-", args.seeds, e2e["mean"], e2e["std"], _seeds(e2e), 0.0, None, 1.0, None, None]], {}
+    e2e_runs = runs("configs/fmnist/e2e.yaml")
+    if e2e_runs is None:
+        raise SystemExit(f"--tabulate: e2e has not finished {args.seeds} seeds in {folder / 'runs'}")
+    e2e = cell(e2e_runs)
+    rows = [["e2e", 1, "-", args.seeds, e2e["mean"], e2e["std"], _seeds(e2e), 0.0, None, 1.0, None, None]]
+    cells, missing = {}, []
     for k in args.modules:
         for method in args.methods:
             for schedule in args.schedules:
-                c = cells[(method, k, schedule)] = cell(runs(spec(method, k, schedule)))
+                found = runs(spec(method, k, schedule))
+                if found is None:
+                    missing.append(f"{method} K={k} {schedule}")
+                    continue
+                c = cells[(method, k, schedule)] = cell(found)
                 gap = 100 * (e2e["mean"] - c["mean"])
                 off = cells.get((method, k, "off"))
                 closed = None if off is None or schedule == "off" else _closed(e2e, off, c)
@@ -100,11 +116,17 @@ def main() -> None:
         "share of the unguided run's gap this schedule removes ((guided - off) / (e2e - off), means); a difference "
         "is only meaningful where it exceeds the stds. guided steps: fraction of steps that are end-to-end; peak "
         "saved MiB: the largest saved activations of any module while it ran (one process: a guided step keeps "
-        "every module's graph).\n\ncommand: python benchmarks/pgl_study.py " + " ".join(_argv(args))
+        "every module's graph).\n\ncommand: python benchmarks/pgl_study.py "
+        + " ".join(_argv(args))
+        + (f"\n\nnot run (cells without all {args.seeds} seeds): {'; '.join(missing)}" if missing else "")
     )
     meta = {"hardware": hardware(), "e2e": e2e, "cells": {f"{m}-K{k}-{s}": c for (m, k, s), c in cells.items()}}
     print(write_outputs(folder, "pgl_study", COLUMNS, rows, meta, header))
     plot(folder, e2e, cells, args)
+
+
+def _finished(folder: Path, spec_: str, seed: int) -> bool:
+    return (folder / "runs" / f"{parse_spec(spec_)[1]}-seed{seed}" / "summary.json").exists()
 
 
 def _seeds(c: dict) -> str:
@@ -118,6 +140,7 @@ def _closed(e2e: dict, off: dict, c: dict) -> str:
 
 def _argv(args) -> list[str]:
     out = ["--modules", *map(str, args.modules), "--methods", *args.methods, "--seeds", str(args.seeds)]
+    out += ["--schedules", *(f'"{s}"' if " " in s else s for s in args.schedules)]
     return out + (["--set", *args.set] if args.set else [])
 
 
@@ -131,12 +154,12 @@ def plot(folder: Path, e2e: dict, cells: dict, args) -> None:
     width = 0.8 / len(args.schedules)
     for ax, k in zip(axes[0], args.modules):
         for j, schedule in enumerate(args.schedules):
-            xs = [i + j * width for i in range(len(args.methods))]
-            cs = [cells[(m, k, schedule)] for m in args.methods]
+            found = [(i, cells[(m, k, schedule)]) for i, m in enumerate(args.methods) if (m, k, schedule) in cells]
+            xs, cs = [i + j * width for i, _ in found], [c for _, c in found]  # a cell not run leaves a gap
             ax.bar(xs, [c["mean"] for c in cs], width, yerr=[c["std"] for c in cs], capsize=3, label=schedule)
         ax.axhline(e2e["mean"], color="k", lw=1, ls="--", label="e2e")
         ax.set_xticks([i + 0.4 - width / 2 for i in range(len(args.methods))], args.methods)
-        low = min(c["mean"] - c["std"] for (m, kk, s), c in cells.items() if kk == k)
+        low = min([c["mean"] - c["std"] for (m, kk, s), c in cells.items() if kk == k] or [e2e["mean"]])
         ax.set_ylim(low - 0.01, max(e2e["mean"], low) + 0.01)
         ax.set_title(f"K = {k}: final top-1 (mean ± std over {args.seeds} seeds)")
     axes[0][0].legend(fontsize=7)

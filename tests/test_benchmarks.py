@@ -69,12 +69,12 @@ def test_ablate_runs_the_grid_and_resumes(tmp_path):
 
 def test_guidance_ablation_gives_a_row_per_variant(tmp_path):
     cmd = [sys.executable, "benchmarks/guidance_ablation.py", "--steps", "3", "--epochs", "1", "--batch", "16"]
-    cmd += ["--repeats", "1", "--out", str(tmp_path), "--set", *TINY_SET]
+    cmd += ["--repeats", "1", "--every", "1", "--out", str(tmp_path), "--set", *TINY_SET]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     rows = json.loads((tmp_path / "guidance_ablation.json").read_text())["rows"]
     names = [r[0] for r in rows]
-    assert names[0] == "off" and "sync every 1" in names and "async every 1" in names and len(names) == 9
+    assert names == ["off", "sync every 1", "async every 1"]  # --every picks the periods
     every_step = rows[names.index("sync every 1")]
     assert every_step[3] == 3 and rows[0][3] == 0  # guided steps: all 3, and none with guidance off
     assert rows[names.index("async every 1")][5] != "-"  # async reports the delays it measured
@@ -119,6 +119,12 @@ def test_pgl_study_tabulates_the_gap_with_its_spread(tmp_path):
     assert off[7] == pytest.approx(100 * (e2e[4] - off[4]), abs=0.01)
     assert guided[9] == 0.5  # 2 steps of 128 per run: the second one guided
     assert len(off[6].split(" / ")) == 2 and (tmp_path / "pgl_study.png").exists()
+    # --tabulate runs nothing: the finished cells come back, the one never run is named as such
+    cmd[cmd.index("every 2") + 1 : cmd.index("every 2") + 1] = ["every 10"]
+    out = subprocess.run([*cmd, "--tabulate"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads((tmp_path / "pgl_study.json").read_text())["rows"] == rows
+    assert "not run (cells without all 2 seeds): greedy K=4 every 10" in (tmp_path / "pgl_study.md").read_text()
 
 
 def test_time_to_accuracy_gives_curves_and_targets(tmp_path):
