@@ -131,10 +131,17 @@ class GuidanceConfig:
 
 @dataclass
 class OptimConfig:
+    name: str = option(
+        "sgd",
+        "optimizer per module: sgd (every published local-learning recipe) or adamw (decoupled weight decay; what "
+        "ViTs are trained with: e.g. lr 1e-3, weight_decay 0.05)",
+        ("sgd", "adamw"),
+    )
     lr: float = option(0.1, "peak learning rate")
     momentum: float = option(0.9, "SGD momentum")
-    nesterov: bool = option(True, "Nesterov momentum")
-    weight_decay: float = option(1e-4, "weight decay")
+    nesterov: bool = option(True, "Nesterov momentum (SGD)")
+    betas: list[float] = option([0.9, 0.999], "AdamW's (beta1, beta2)")
+    weight_decay: float = option(1e-4, "weight decay (AdamW: decoupled)")
     step: str = option(
         "per_batch",
         "per_batch: step every module after the whole batch (InfoPro lineage); per_module: after its backward (DGL)",
@@ -280,6 +287,10 @@ class JobConfig:
             raise ConfigError(f"model.depth={self.model.depth}: cifar_resnet depth must be 6n+2 (20, 32, 56, 110)")
         if len(self.data.synthetic_shape) != 3:
             raise ConfigError("data.synthetic_shape needs 3 numbers: C, H, W")
+        if len(self.optim.betas) != 2:
+            raise ConfigError(
+                f"optim.betas={self.optim.betas} needs 2 numbers, (beta1, beta2): --optim.betas=[0.9,0.999]"
+            )
         if self.split.boundaries is not None and len(self.split.boundaries) != self.split.num_modules - 1:
             raise ConfigError(
                 f"split.boundaries has {len(self.split.boundaries)} entries but split.num_modules="

@@ -1,4 +1,4 @@
-"""Per-module SGD optimizers and the learning-rate schedules of METHODS §4."""
+"""Per-module optimizers (SGD, AdamW) and the learning-rate schedules of METHODS §4."""
 
 from __future__ import annotations
 
@@ -9,19 +9,18 @@ import torch
 from pipelocal.config import OptimConfig
 
 
-def build_optimizers(modules, cfg: OptimConfig) -> list[torch.optim.SGD]:
-    """One SGD per local module (body + head). Same math as one optimizer: SGD is per parameter. Frozen
-    parameters (MLAAN's EMA copies) are not in it."""
-    return [
-        torch.optim.SGD(
-            [p for p in m.parameters() if p.requires_grad],
-            lr=cfg.lr,
-            momentum=cfg.momentum,
-            nesterov=cfg.nesterov,
-            weight_decay=cfg.weight_decay,
+def build_optimizers(modules, cfg: OptimConfig) -> list[torch.optim.Optimizer]:
+    """One optimizer per local module (body + head). Same math as one optimizer over all of them: SGD and AdamW
+    are per parameter. Frozen parameters (MLAAN's EMA copies) are not in it."""
+
+    def build(params):
+        if cfg.name == "adamw":
+            return torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay
         )
-        for m in modules
-    ]
+
+    return [build([p for p in m.parameters() if p.requires_grad]) for m in modules]
 
 
 def lr_at(epoch: float, cfg: OptimConfig, epochs: int) -> float:

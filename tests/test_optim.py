@@ -1,9 +1,11 @@
 import math
 
 import pytest
+import torch
 
-from pipelocal.config import OptimConfig
-from pipelocal.optim import lr_at
+from pipelocal.config import ConfigError, OptimConfig
+from pipelocal.optim import build_optimizers, lr_at
+from tests.conftest import tiny_config
 
 
 def test_cosine_with_warmup():
@@ -48,3 +50,32 @@ def test_cosine_blend_without_warmup_is_the_plain_cosine_of_e():
     cfg = OptimConfig(lr=0.1, schedule="cosine_blend", warmup_epochs=0)
     for epoch in range(5):
         assert lr_at(epoch, cfg, 5) == pytest.approx(0.5 * 0.1 * (1 + math.cos(math.pi * (epoch + 1) / 5)))
+
+
+def test_adamw_per_module_is_one_adamw_over_all_parameters():
+    torch.manual_seed(0)
+    modules = [torch.nn.Linear(4, 4), torch.nn.Linear(4, 2)]
+    twins = [torch.nn.Linear(4, 4), torch.nn.Linear(4, 2)]
+    for m, t in zip(modules, twins):
+        t.load_state_dict(m.state_dict())
+    cfg = OptimConfig(name="adamw", lr=0.01, betas=[0.8, 0.99], weight_decay=0.05)
+    per_module = build_optimizers(modules, cfg)
+    assert all(isinstance(o, torch.optim.AdamW) for o in per_module)
+    assert per_module[0].defaults["betas"] == (0.8, 0.99) and per_module[0].defaults["weight_decay"] == 0.05
+    one = torch.optim.AdamW([p for t in twins for p in t.parameters()], lr=0.01, betas=(0.8, 0.99), weight_decay=0.05)
+    for _ in range(3):
+        x = torch.randn(8, 4)
+        for net, opts in ((modules, per_module), (twins, [one])):
+            net[1](net[0](x)).square().mean().backward()
+            for o in opts:
+                o.step()
+                o.zero_grad()
+    for m, t in zip(modules, twins):
+        for a, b in zip(m.parameters(), t.parameters()):
+            assert torch.equal(a, b)
+
+
+def test_sgd_is_the_default_and_bad_betas_are_named():
+    assert isinstance(build_optimizers([torch.nn.Linear(2, 2)], OptimConfig())[0], torch.optim.SGD)
+    with pytest.raises(ConfigError, match="optim.betas"):
+        tiny_config("--optim.name=adamw", "--optim.betas=[0.9]")

@@ -40,7 +40,7 @@ CASES = [
     ("greedy", 4, 4, 2, []),
     ("dgl", 4, 4, 4, []),
     ("infopro", 4, 4, 1, []),
-    ("infopro", 2, 4, 2, []),
+    ("infopro", 2, 4, 2, ["--optim.name=adamw", "--optim.lr=0.001", "--optim.weight_decay=0.05"]),
     ("dgl", 2, 4, 1, ["--pipeline.stage_order=forward_first"]),
     # The same ops on the same dtypes: exact in mixed precision too (activations cross stages in bf16/fp16).
     ("infopro", 2, 4, 2, ["--train.precision=bf16", "--train.channels_last=true"]),
@@ -53,7 +53,7 @@ def _overrides(method, k, depth, extra) -> list[str]:
 
 
 def _id(method, nproc, k, depth, extra) -> str:
-    numerics = [e.split("=")[1] for e in extra if e.startswith("--train.precision")]
+    numerics = [e.split("=")[1] for e in extra if e.startswith(("--train.precision", "--optim.name"))]
     return "-".join([f"{method}-P{nproc}-K{k}-q{depth}", *numerics])
 
 
