@@ -52,13 +52,20 @@ def parse_spec(spec: str) -> tuple[str, str, list[str]]:
     return config, name, [f"--{kv}" for kv in pairs]
 
 
+def run_name(spec: str, seed: int | None = None) -> str:
+    """The folder name of ``spec``'s run (with ``seed``) under the runs folder."""
+    name = parse_spec(spec)[1]
+    return name if seed is None else f"{name}-seed{seed}"
+
+
 def run_one(
     spec: str, overrides: list[str], run_root: Path, nproc: int, resume: bool, seed: int | None = None
 ) -> tuple[RunSummary, dict]:
     """The run's summary, and this script's record of it (wall minutes and command)."""
-    config, name, own = parse_spec(spec)
+    config, _, own = parse_spec(spec)
+    name = run_name(spec, seed)
     if seed is not None:
-        name, own = f"{name}-seed{seed}", [*own, f"--train.seed={seed}"]
+        own = [*own, f"--train.seed={seed}"]
     summary_path = run_root / name / "summary.json"
     wall_path = run_root / name / "benchmark.json"  # this script's own record: wall minutes and command
     if resume and summary_path.exists():

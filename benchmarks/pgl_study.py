@@ -21,7 +21,7 @@ import argparse
 import statistics
 from pathlib import Path
 
-from accuracy import parse_spec, run_one
+from accuracy import run_name, run_one
 from common import hardware, results_dir, write_outputs
 
 SCHEDULES = {  # name -> config overrides
@@ -126,7 +126,7 @@ def main() -> None:
 
 
 def _finished(folder: Path, spec_: str, seed: int) -> bool:
-    return (folder / "runs" / f"{parse_spec(spec_)[1]}-seed{seed}" / "summary.json").exists()
+    return (folder / "runs" / run_name(spec_, seed) / "summary.json").exists()
 
 
 def _seeds(c: dict) -> str:
