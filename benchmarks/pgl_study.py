@@ -9,7 +9,8 @@ Fashion-MNIST, CIFAR-style ResNet-32 (16 units: K = 16 is one block per module),
 protocol; each method's own configs/fmnist/<method>_k4.yaml for its knobs, K overridden), every run with the
 same epochs, batch, learning rate and schedule (``--set`` for all). Per cell
 (method, K, schedule): final test top-1 over ``--seeds`` seeds (mean ± sample std, and each seed), its gap to
-e2e's mean, and the share of that gap the schedule closes against the unguided run; what the schedule costs:
+e2e's mean and its gain over the unguided run, each with the standard error of a difference of two means
+(sqrt(s1^2/n1 + s2^2/n2)), and the share of the gap the schedule closes; what the schedule costs:
 the fraction of steps that are guidance steps, training minutes, and the peak saved activations in one
 process (a guided step keeps every module's graph: e2e's peak). Throughput in the P = 2 pipeline is what
 ``benchmarks/guidance_ablation.py`` measures for the same schedules.
@@ -40,6 +41,9 @@ COLUMNS = [
     "std",
     "per seed",
     "gap to e2e (points)",
+    "gap se",
+    "gain over off (points)",
+    "gain se",
     "gap closed",
     "guided steps",
     "train minutes",
@@ -92,7 +96,7 @@ def main() -> None:
     if e2e_runs is None:
         raise SystemExit(f"--tabulate: e2e has not finished {args.seeds} seeds in {folder / 'runs'}")
     e2e = cell(e2e_runs)
-    rows = [["e2e", 1, "-", args.seeds, e2e["mean"], e2e["std"], _seeds(e2e), 0.0, None, 1.0, None, None]]
+    rows = [["e2e", 1, "-", args.seeds, e2e["mean"], e2e["std"], _seeds(e2e), 0.0, *[None] * 4, 1.0, None, None]]
     cells, missing = {}, []
     for k in args.modules:
         for method in args.methods:
@@ -102,21 +106,24 @@ def main() -> None:
                     missing.append(f"{method} K={k} {schedule}")
                     continue
                 c = cells[(method, k, schedule)] = cell(found)
-                gap = 100 * (e2e["mean"] - c["mean"])
                 off = cells.get((method, k, "off"))
-                closed = None if off is None or schedule == "off" else _closed(e2e, off, c)
+                guided = off is not None and schedule != "off"
+                gain, gain_se = _difference(c, off) if guided else (None, None)
                 rows.append(
                     [method, k, schedule, args.seeds, round(c["mean"], 4), round(c["std"], 4), _seeds(c),
-                     round(gap, 2), closed, round(c["guided"], 3), round(c["minutes"], 2), round(c["peak"], 1)]
+                     *_difference(e2e, c), gain, gain_se, _closed(e2e, off, c) if guided else None,
+                     round(c["guided"], 3), round(c["minutes"], 2), round(c["peak"], 1)]
                 )  # fmt: skip
     header = (
         f"# What periodic guidance buys (PGL study)\n\nhardware: {hardware()}; Fashion-MNIST, ResNet-32 (16 units), "
         f"sequential mode, uniform split, seeds 0..{args.seeds - 1} per cell; shared overrides: "
-        f"{' '.join(shared)}.\n\ngap to e2e: e2e's mean final top-1 minus the cell's, in points; gap closed: the "
-        "share of the unguided run's gap this schedule removes ((guided - off) / (e2e - off), means); a difference "
-        "is only meaningful where it exceeds the stds. guided steps: fraction of steps that are end-to-end; peak "
-        "saved MiB: the largest saved activations of any module while it ran (one process: a guided step keeps "
-        "every module's graph).\n\ncommand: python benchmarks/pgl_study.py "
+        f"{' '.join(shared)}.\n\ngap to e2e: e2e's mean final top-1 minus the cell's, in points; gain over off: the "
+        "cell's mean minus the unguided run's, in points; se: the standard error of that difference of two means, "
+        "sqrt(s1^2/n1 + s2^2/n2) (a difference within about 2 se is not separable from seed noise); gap closed: "
+        "the share of the unguided run's gap this schedule removes ((guided - off) / (e2e - off), means). guided "
+        "steps: fraction of steps that are end-to-end; peak saved MiB: the largest saved activations of any module "
+        "while it ran (one process: a guided step keeps every module's graph)."
+        "\n\ncommand: python benchmarks/pgl_study.py "
         + " ".join(_argv(args))
         + (f"\n\nnot run (cells without all {args.seeds} seeds): {'; '.join(missing)}" if missing else "")
     )
@@ -131,6 +138,12 @@ def _finished(folder: Path, spec_: str, seed: int) -> bool:
 
 def _seeds(c: dict) -> str:
     return " / ".join(f"{v:.4f}" for v in c["finals"])
+
+
+def _difference(a: dict, b: dict) -> tuple[float, float]:
+    """a's mean minus b's in points, and the standard error of that difference."""
+    se = (a["std"] ** 2 / len(a["finals"]) + b["std"] ** 2 / len(b["finals"])) ** 0.5
+    return round(100 * (a["mean"] - b["mean"]), 2), round(100 * se, 2)
 
 
 def _closed(e2e: dict, off: dict, c: dict) -> str:

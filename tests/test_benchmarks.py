@@ -117,7 +117,9 @@ def test_pgl_study_tabulates_the_gap_with_its_spread(tmp_path):
     assert [r[:3] for r in rows] == [["e2e", 1, "-"], ["greedy", 4, "off"], ["greedy", 4, "every 2"]]
     e2e, off, guided = rows
     assert off[7] == pytest.approx(100 * (e2e[4] - off[4]), abs=0.01)
-    assert guided[9] == 0.5  # 2 steps of 128 per run: the second one guided
+    assert off[8] == pytest.approx(100 * ((e2e[5] ** 2 + off[5] ** 2) / 2) ** 0.5, abs=0.01)  # se of 2-seed means
+    assert off[9] is None and guided[9] == pytest.approx(100 * (guided[4] - off[4]), abs=0.01)
+    assert guided[12] == 0.5  # 2 steps of 128 per run: the second one guided
     assert len(off[6].split(" / ")) == 2 and (tmp_path / "pgl_study.png").exists()
     # --tabulate runs nothing: the finished cells come back, the one never run is named as such
     cmd[cmd.index("every 2") + 1 : cmd.index("every 2") + 1] = ["every 10"]
