@@ -120,7 +120,8 @@ def main() -> None:
         f"{' '.join(shared)}.\n\ngap to e2e: e2e's mean final top-1 minus the cell's, in points; gain over off: the "
         "cell's mean minus the unguided run's, in points; se: the standard error of that difference of two means, "
         "sqrt(s1^2/n1 + s2^2/n2) (a difference within about 2 se is not separable from seed noise); gap closed: "
-        "the share of the unguided run's gap this schedule removes ((guided - off) / (e2e - off), means). guided "
+        "the share of the unguided run's gap this schedule removes ((guided - off) / (e2e - off), means; not given "
+        "where that gap is within 2 se). guided "
         "steps: fraction of steps that are end-to-end; peak saved MiB: the largest saved activations of any module "
         "while it ran (one process: a guided step keeps every module's graph)."
         "\n\ncommand: python benchmarks/pgl_study.py "
@@ -147,8 +148,9 @@ def _difference(a: dict, b: dict) -> tuple[float, float]:
 
 
 def _closed(e2e: dict, off: dict, c: dict) -> str:
-    gap = e2e["mean"] - off["mean"]
-    return f"{(c['mean'] - off['mean']) / gap:.0%}" if abs(gap) > 1e-9 else "-"
+    """The share of the unguided gap closed; a gap within 2 standard errors is noise, and so would its share be."""
+    gap, se = _difference(e2e, off)
+    return f"{(c['mean'] - off['mean']) / (gap / 100):.0%}" if gap > 2 * se else "no gap (< 2 se)"
 
 
 def _argv(args) -> list[str]:
