@@ -172,10 +172,11 @@ def plot(folder: Path, e2e: dict, cells: dict, args) -> None:
             found = [(i, cells[(m, k, schedule)]) for i, m in enumerate(args.methods) if (m, k, schedule) in cells]
             xs, cs = [i + j * width for i, _ in found], [c for _, c in found]  # a cell not run leaves a gap
             ax.bar(xs, [c["mean"] for c in cs], width, yerr=[c["std"] for c in cs], capsize=3, label=schedule)
-        ax.axhline(e2e["mean"], color="k", lw=1, ls="--", label="e2e")
+        ax.axhline(e2e["mean"], color="k", lw=1, ls="--", label="e2e (band: ± std)")
+        ax.axhspan(e2e["mean"] - e2e["std"], e2e["mean"] + e2e["std"], color="k", alpha=0.07)
         ax.set_xticks([i + 0.4 - width / 2 for i in range(len(args.methods))], args.methods)
         low = min([c["mean"] - c["std"] for (m, kk, s), c in cells.items() if kk == k] or [e2e["mean"]])
-        ax.set_ylim(low - 0.01, max(e2e["mean"], low) + 0.01)
+        ax.set_ylim(low - 0.01, max(e2e["mean"] + e2e["std"], low) + 0.005)
         ax.set_title(f"K = {k}: final top-1 (mean ± std over {args.seeds} seeds)")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
