@@ -18,7 +18,9 @@ from tests.distributed.test_pipeline import sequential_state
 
 GROUP = ["--model.norm=group", "--method.name=greedy"]  # no BatchNorm anywhere: replicas are exact
 SYNC = ["--pipeline.sync_batchnorm=true"]  # BatchNorm in the backbone and heads, its statistics over all replicas
-UNEVEN = ["--data.synthetic_train=329", "--train.max_steps=100"]  # 11 steps; the last 9 rows split 5 + 4
+UNEVEN = ["--data.synthetic_train=137", "--train.max_steps=100"]  # 5 steps; the last 9 rows split 5 + 4
+# (a longer run, 329 rows in 11 steps, drifts 1e-4 apart by rounding alone: from step 6 on, the tiny net's last
+# body has fp32 gradients 1 % off fp64's and turns 1e-7 of rounding into 1e-4; seen on AMD EPYC, not on Xeon)
 
 CASES_4 = {  # 4 processes: P = 2 x R = 2
     "greedy-K2": [*GROUP, "--split.num_modules=2"],
