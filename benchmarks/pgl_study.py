@@ -1,6 +1,6 @@
 """What periodic global guidance (PGL) buys, with error bars: local methods x K x guidance schedules x seeds.
 
-    python benchmarks/pgl_study.py                                   # the full grid (about three hours on 2 cores)
+    python benchmarks/pgl_study.py                                   # the full grid (2.5-3 hours on 2 cores)
     python benchmarks/pgl_study.py --modules 16 --methods greedy infopro --seeds 3   # a slice
     python benchmarks/pgl_study.py --resume                          # keep the runs that finished
     python benchmarks/pgl_study.py --tabulate                        # run nothing: the table of the cells that finished
@@ -25,7 +25,7 @@ from pathlib import Path
 from accuracy import run_name, run_one
 from common import hardware, results_dir, write_outputs
 
-BUDGET = ["data.train_subset=6000", "data.test_subset=2000", "train.epochs=3"]  # 141 steps: the grid fits 3 h here
+BUDGET = ["data.train_subset=6000", "data.test_subset=2000", "train.epochs=3"]  # 141 steps: the grid in 2.5-3 h here
 SCHEDULES = {  # name -> config overrides
     "off": [],
     "every 10": ["guidance.every=10"],
