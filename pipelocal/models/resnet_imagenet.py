@@ -3,11 +3,15 @@ then one per block."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from torch import nn
-from torchvision.models import resnet
 
 from pipelocal.models.base import Backbone, Classifier, init_weights, norm_layer
 from pipelocal.models.registry import MODELS
+
+if TYPE_CHECKING:
+    from torchvision.models.resnet import ResNet
 
 
 def _block_builder(kind: type[nn.Module], norm, groups: int = 1, base_width: int = 64):
@@ -26,7 +30,7 @@ def _block_builder(kind: type[nn.Module], norm, groups: int = 1, base_width: int
     return new_block
 
 
-def _from_torchvision(tv: resnet.ResNet, in_channels: int, num_classes: int, norm) -> Backbone:
+def _from_torchvision(tv: ResNet, in_channels: int, num_classes: int, norm) -> Backbone:
     if in_channels != 3:
         tv.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
     units: list[nn.Module] = [nn.Sequential(tv.conv1, tv.bn1, tv.relu, tv.maxpool)]
@@ -41,21 +45,24 @@ def _from_torchvision(tv: resnet.ResNet, in_channels: int, num_classes: int, nor
     return net
 
 
-def _register(name: str, builder):
+def _register(name: str):
     @MODELS.register(name)
     def build(depth: int, in_channels: int, num_classes: int, norm: str = "batch") -> Backbone:
         del depth  # fixed by the name
+        from torchvision.models import resnet  # here, not at import: torchvision.ops pulls in dynamo (1.7 s a process)
+
         layer = norm_layer(norm)
-        return _from_torchvision(builder(weights=None, norm_layer=layer), in_channels, num_classes, layer)
+        tv = getattr(resnet, name)(weights=None, norm_layer=layer)
+        return _from_torchvision(tv, in_channels, num_classes, layer)
 
     build.__doc__ = f"torchvision {name}, units = stem + one per block."
     return build
 
 
-resnet18 = _register("resnet18", resnet.resnet18)
-resnet34 = _register("resnet34", resnet.resnet34)
-resnet50 = _register("resnet50", resnet.resnet50)
-resnet101 = _register("resnet101", resnet.resnet101)  # blocks [3, 4, 23, 3]: 34 units
-resnet152 = _register("resnet152", resnet.resnet152)  # blocks [3, 8, 36, 3]: 51 units
+resnet18 = _register("resnet18")
+resnet34 = _register("resnet34")
+resnet50 = _register("resnet50")
+resnet101 = _register("resnet101")  # blocks [3, 4, 23, 3]: 34 units
+resnet152 = _register("resnet152")  # blocks [3, 8, 36, 3]: 51 units
 # groups=32, width_per_group=8 (torchvision's builder sets them); same block layout as resnet101, 34 units
-resnext101_32x8d = _register("resnext101_32x8d", resnet.resnext101_32x8d)
+resnext101_32x8d = _register("resnext101_32x8d")

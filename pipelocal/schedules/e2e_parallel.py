@@ -24,7 +24,6 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 from torch.nn.parallel import DistributedDataParallel
 
 from pipelocal.config import ConfigError
@@ -155,12 +154,15 @@ class DDPLoop(_Strategy):
 class PipeliningLoop(_Strategy):
     """GPipe or 1F1B over this rank's stage, with torch.distributed.pipelining."""
 
-    def __init__(self, cfg, stage: Stage, plan: Plan, rank: int, world: int, loaders, schedule_cls, groups):
+    def __init__(self, cfg, stage: Stage, plan: Plan, rank: int, world: int, loaders, schedule: str, groups):
         super().__init__(stage, plan, rank, loaders, groups.control)
         self.is_first, self.is_last = rank == 0, rank == world - 1
         self.module = _StageModule(stage.modules, self.is_last, stage.numerics)
         trace_microbatches(self.module)
-        pipe_stage = PipelineStage(self.module, rank, world, stage.device, group=groups.forward)
+        from torch.distributed import pipelining  # here, not at import: it pulls in dynamo (0.7 s a process)
+
+        pipe_stage = pipelining.PipelineStage(self.module, rank, world, stage.device, group=groups.forward)
+        schedule_cls = getattr(pipelining, schedule)
         self.schedule = schedule_cls(pipe_stage, n_microbatches=cfg.pipeline.microbatches, loss_fn=_loss)
 
     def train_step(self, batch) -> torch.Tensor:
@@ -269,7 +271,9 @@ def build_ddp_loop(cfg, topo, groups, setup, loaders):
     return DDPLoop(stage, plan, topo.replica, topo.dp, loaders, groups.control)
 
 
-def _pipelining_builder(schedule_cls):
+def _pipelining_builder(schedule: str):
+    """``schedule``: the name of a torch.distributed.pipelining schedule class."""
+
     def build(cfg, topo, groups, setup, loaders):
         net = build_local_net(cfg, setup["info"], setup["ranges"])
         ranges = stage_ranges(net.num_modules, topo.num_stages, cfg.pipeline.modules_per_stage)
@@ -279,7 +283,7 @@ def _pipelining_builder(schedule_cls):
         plan = Plan.build(replace(cfg, data=data), setup["train_len"], setup["test_len"], setup["start_step"])
         needs_data = topo.is_first_stage or topo.is_last_stage
         loaders = build_loaders(data, topo.device, cfg.train.seed)[:2] if needs_data else (None, None)
-        return PipeliningLoop(cfg, stage, plan, topo.stage_index, topo.num_stages, loaders, schedule_cls, groups)
+        return PipeliningLoop(cfg, stage, plan, topo.stage_index, topo.num_stages, loaders, schedule, groups)
 
     return build
 
@@ -300,8 +304,8 @@ def _check_pipelining(cfg) -> None:
 DDP = ModeTraits(multi_process=True, end_to_end=True, one_module=True, data_parallel=True)
 PIPELINING = ModeTraits(multi_process=True, end_to_end=True, check=_check_pipelining)
 MODES.register("ddp")(Mode(build_ddp_loop, DDP))
-MODES.register("gpipe")(Mode(_pipelining_builder(ScheduleGPipe), PIPELINING))
-MODES.register("1f1b")(Mode(_pipelining_builder(Schedule1F1B), PIPELINING))
+MODES.register("gpipe")(Mode(_pipelining_builder("ScheduleGPipe"), PIPELINING))
+MODES.register("1f1b")(Mode(_pipelining_builder("Schedule1F1B"), PIPELINING))
 
 
 def _whole_stage(cfg, setup, topo, module_range):
