@@ -123,10 +123,9 @@ def main() -> None:
         "cell's mean minus the unguided run's, in points; se: the standard error of that difference of two means, "
         "sqrt(s1^2/n1 + s2^2/n2) (a difference within about 2 se is not separable from seed noise); gap closed: "
         "the share of the unguided run's gap this schedule removes ((guided - off) / (e2e - off), means; not given "
-        "where that gap is within 2 se). guided "
-        "steps: fraction of steps that are end-to-end; peak saved MiB: the largest saved activations of any module "
-        "while it ran (one process: a guided step keeps every module's graph)."
-        "\n\ncommand: python benchmarks/pgl_study.py "
+        "where that gap is within 2 se). guided steps: fraction of steps that are end-to-end; peak saved MiB: the "
+        "largest saved activations of any module while it ran (one process: a guided step keeps every module's "
+        "graph).\n\ncommand: python benchmarks/pgl_study.py "
         + " ".join(_argv(args))
         + (f"\n\nnot run (cells without all {args.seeds} seeds): {'; '.join(missing)}" if missing else "")
     )
