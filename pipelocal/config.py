@@ -163,7 +163,11 @@ class OptimConfig:
 class TrainConfig:
     epochs: int = option(3, "training epochs")
     seed: int = option(0, "seed for model init and data order")
-    device: str = option("auto", "auto: cuda if available, else cpu", ("auto", "cpu", "cuda"))
+    device: str = option(
+        "auto",
+        "auto: cuda if available, else cpu (under torchrun too: cpu means CPU and gloo)",
+        ("auto", "cpu", "cuda"),
+    )
     threads: int = option(0, "CPU threads for this process (0: torch's default)")
     max_steps: int | None = option(None, "stop each epoch after this many steps (quick runs, tests)")
     eval_every: int = option(1, "evaluate every N epochs (and always after the last)")
@@ -226,6 +230,17 @@ class PipelineConfig:
 
 
 @dataclass
+class DistributedConfig:
+    backend: str = option(
+        "auto",
+        "what carries stage messages under torchrun: auto (nccl when every process of a node has a GPU of its own; "
+        "stages sharing GPUs send through pinned host buffers over gloo; gloo on CPU), nccl, or gloo "
+        "(docs/gpus.md)",
+        ("auto", "nccl", "gloo"),
+    )
+
+
+@dataclass
 class MetricsConfig:
     out_dir: str = option("runs", "parent folder of run directories")
     run_name: str | None = option(None, "run directory name (default: <mode>-<method>-<time>)")
@@ -276,6 +291,7 @@ class JobConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 

@@ -22,12 +22,15 @@ from pipelocal.config import ConfigError, JobConfig, dump_yaml, to_dict
 from pipelocal.data import build_loaders
 from pipelocal.distributed.setup import destroy_distributed, init_distributed
 from pipelocal.distributed.topology import Topology
+from pipelocal.methods import METHODS
+from pipelocal.methods.base import LocalMethod
 from pipelocal.metrics import timeline
 from pipelocal.metrics.console import Console
 from pipelocal.metrics.run_log import RunLog
 from pipelocal.metrics.summary import RunSummary
 from pipelocal.metrics.timeline import TIMELINE
 from pipelocal.preemption import Preemption
+from pipelocal.runtime import determinism
 from pipelocal.runtime.profile import split_for
 from pipelocal.schedules import MODES, Mode
 from pipelocal.trainer import Trainer
@@ -73,6 +76,8 @@ def run_job(cfg: JobConfig) -> RunSummary | None:
         raise
     if preemption is not None:
         preemption.close()
+    if determinism.NONDETERMINISTIC.line():
+        console.print(determinism.NONDETERMINISTIC.line())
     if cfg.metrics.timeline:
         write_timeline(topo, groups, console, run_dir)
     state = strategy.state_dict()
@@ -102,18 +107,43 @@ def write_timeline(topo: Topology, groups, console: Console, run_dir: Path) -> N
 
 def start(cfg: JobConfig, mode: Mode):
     """The topology (and process groups) of this process; threads and determinism as configured."""
+    if cfg.train.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before CUDA starts (runtime/determinism.py)
     if mode.traits.multi_process:
         topo, groups = init_distributed(
-            cfg.pipeline.timeout_s, data_parallel=mode.traits.data_parallel, replicas=cfg.pipeline.replicas
+            cfg.pipeline.timeout_s,
+            data_parallel=mode.traits.data_parallel,
+            replicas=cfg.pipeline.replicas,
+            backend=cfg.distributed.backend,
+            device=cfg.train.device,
+            channels=frozenset() if mode.traits.end_to_end else stage_channels(cfg),
         )
+        if groups.staged and mode.traits.end_to_end and not mode.traits.data_parallel:
+            raise ConfigError(
+                f"mode={cfg.mode} needs one GPU per process (torch.distributed.pipelining sends over NCCL), but "
+                f"torchrun started more processes than this node has GPUs: run it with --nproc_per_node=<GPUs>, "
+                "or on the CPU with --train.device=cpu"
+            )
         threads = cfg.pipeline.threads if topo.device.type == "cpu" else 0
     else:
         check_single_process(cfg.mode)
         topo, groups, threads = Topology.single(pick_device(cfg.train.device)), None, cfg.train.threads
     if threads:
         torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(cfg.train.deterministic)
+    determinism.configure(cfg.train.deterministic, topo.device)
     return topo, groups
+
+
+def stage_channels(cfg: JobConfig) -> frozenset[str]:
+    """The kinds of link a local pipeline's stages may use (distributed/setup.py sets up and warms each):
+    activations always, gradients (guidance, cascades) always, replay streams with pipeline.buffer=replay,
+    weights when the method's aux nets follow later units (MLAAN)."""
+    channels = {"forward", "backward"}
+    if cfg.pipeline.buffer == "replay":
+        channels.add("link")
+    if METHODS.get(cfg.method.name).followed_units is not LocalMethod.followed_units:
+        channels.add("weights")
+    return frozenset(channels)
 
 
 def prepare(cfg: JobConfig, topo: Topology, groups, console: Console):

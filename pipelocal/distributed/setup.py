@@ -1,31 +1,38 @@
-"""Distributed set-up and teardown: backend choice, device, timeouts, and the channels' process groups.
+"""Distributed set-up and teardown: backend and device choice, timeouts, the channels' process groups, and the
+warm-up that makes an NCCL start-up cycle-free (docs/gpus.md, "Start-up").
 
-One code path: NCCL on ``cuda:local_rank`` when CUDA is available, gloo on CPU otherwise. The groups
-are created in the same order on every rank (DESIGN §4, Channels):
+Placement (:func:`place`): NCCL on ``cuda:local_rank`` when every process of a node has a GPU of its own; else,
+with CUDA, the stages share GPUs (``cuda:local_rank % device_count``) and their messages are *host-staged*:
+gloo carries them through pinned host buffers (transport.py); without CUDA, or with ``train.device=cpu``,
+CPU and gloo. ``distributed.backend`` forces a choice; NCCL with more processes than GPUs is refused.
 
-- ``forward``: activations downstream (the backend's p2p);
-- ``backward``: gradients upstream (guidance, cascades);
-- ``weights``: weights upstream, from the stage owning a block to a stage whose aux net follows it (MLAAN's EMA);
-- ``links``: two groups for replay streams, link s -> s+1 on ``links[s % 2]``, so a stage's receiving
-  thread and its sending main thread never share a group;
-- ``forward_headers``, ``backward_headers``, ``link_headers``: gloo twins of the groups that carry messages
-  (transport.py): a message's header goes on the twin, its tensors on the backend's group, so headers are
-  host buffers on NCCL too and reading one is never a device sync. One twin per group, so the replay
-  reader thread and the main thread never share one either (``weights`` sends bare tensors: no twin);
+The groups are created in the same order on every rank:
+
+- ``pairs``: one 2-rank group of the backend per link *direction* the pipeline may use, ``(channel, src, dst)``
+  with channel ``forward`` (activations s -> s+1), ``backward`` (gradients s+1 -> s: guidance, cascades),
+  ``link`` (replay streams s -> s+1) and ``weights`` (MLAAN's EMA, owner -> follower). One direction per group,
+  so on NCCL each has its own communicator and stream: a pre-posted receive never queues in front of a send;
+- ``forward``: the backend's world group, for gpipe/1f1b (torch.distributed.pipelining builds its own p2p);
+- ``forward_headers``, ``backward_headers``, ``link_headers``: gloo twins of the channels: a message's header
+  goes on the twin, its tensors on the pair group (transport.py), so headers are host buffers on NCCL too and
+  reading one is never a device sync (the replay reader thread and the main thread never share a twin);
 - ``control``: gloo, collectives for start-up, epoch-end metrics and evaluation results;
-- ``stats``: gloo, point-to-point live metrics to rank 0 (kept apart from ``control`` because gloo
-  collectives number their tags from 0 too, and p2p tags must not collide with them);
+- ``stats``: gloo, point-to-point live metrics to rank 0 (apart from ``control``: gloo collectives number
+  their tags from 0 too, and p2p tags must not collide with them);
 - ``preempt``: gloo, a background thread's flag exchange (preemption.py), apart from the main thread's;
-- ``dp``, ``dp_host`` (R > 1 replicas of the pipeline): this stage's replicas, the ``dp`` dimension of a
-  ``(pp, dp)`` device mesh (the backend's group: gradient all-reduces, synchronised BatchNorm) and its gloo
-  twin (host-side agreements: a preemption, which late gradients to apply).
+- ``dp``, ``dp_host`` (R > 1 replicas): this stage's replicas, the ``dp`` dimension of a ``(pp, dp)`` device
+  mesh (the backend's group: gradient all-reduces, synchronised BatchNorm) and its gloo twin.
+
+Before anything else communicates, startup.py's ``warm_up`` runs one message over every pair group and one
+all-reduce over every ``dp`` group, in one global order that every rank derives from the same numbers. After it,
+every NCCL communicator the job uses exists, so no later operation can block creating one (docs/gpus.md).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 import torch
@@ -33,80 +40,132 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
 from pipelocal.config import ConfigError
+from pipelocal.distributed.startup import STARTUP, link_pairs, warm_up  # noqa: F401  (STARTUP: the tests' hook)
 from pipelocal.distributed.topology import Topology
 from pipelocal.distributed.transport import Channel
 
 
 @dataclass(frozen=True)
+class Placement:
+    """Where this process computes and what carries its messages. ``staged``: CUDA compute, gloo messages
+    through host buffers (stages sharing GPUs)."""
+
+    backend: str
+    device: torch.device
+    staged: bool = False
+
+
+def place(backend: str, device: str, local_rank: int, local_world: int, gpus: int) -> Placement:
+    """The backend and device of one process: ``backend`` (auto | nccl | gloo) and ``device`` (auto | cpu | cuda)
+    as configured, on a node running ``local_world`` processes with ``gpus`` visible GPUs."""
+    if device == "cpu" or (device == "auto" and gpus == 0):
+        if backend == "nccl":
+            why = "train.device=cpu" if device == "cpu" else "this machine has no CUDA device"
+            raise ConfigError(f"distributed.backend=nccl needs GPUs, but {why}: use distributed.backend=auto or gloo")
+        return Placement("gloo", torch.device("cpu"))
+    if gpus == 0:
+        raise ConfigError("train.device=cuda but CUDA is not available; use train.device=cpu or auto")
+    cuda = torch.device("cuda", local_rank % gpus)
+    own_gpu = local_world <= gpus
+    if backend == "nccl" and not own_gpu:
+        raise ConfigError(
+            f"distributed.backend=nccl needs one GPU per process, but torchrun started {local_world} processes on a "
+            f"node with {gpus} GPU(s) (NCCL refuses two ranks on one GPU): use distributed.backend=auto, which lets "
+            f"stages share GPUs through host memory, or --nproc_per_node={gpus}"
+        )
+    if backend == "nccl" or (backend == "auto" and own_gpu):
+        return Placement("nccl", cuda)
+    return Placement("gloo", cuda, staged=True)
+
+
+@dataclass(frozen=True)
 class Groups:
     forward: dist.ProcessGroup
-    backward: dist.ProcessGroup
-    weights: dist.ProcessGroup
-    links: tuple[dist.ProcessGroup, dist.ProcessGroup]
+    pairs: dict[tuple[str, int, int], dist.ProcessGroup]
     forward_headers: dist.ProcessGroup
     backward_headers: dist.ProcessGroup
     link_headers: tuple[dist.ProcessGroup, dist.ProcessGroup]
     control: dist.ProcessGroup
     stats: dist.ProcessGroup
     preempt: dist.ProcessGroup
+    staged: bool = False
     dp: dist.ProcessGroup | None = None
     dp_host: dist.ProcessGroup | None = None
     mesh: DeviceMesh | None = None
+    warmed: tuple[tuple[str, int, int], ...] = field(default=())  # the warm-up's global order (tests read it)
 
-    @property
-    def forward_channel(self) -> Channel:
-        return Channel(self.forward, self.forward_headers)
+    def pair(self, channel: str, src: int, dst: int) -> dist.ProcessGroup:
+        """The 2-rank group of the link ``src -> dst`` of ``channel``."""
+        try:
+            return self.pairs[(channel, src, dst)]
+        except KeyError:
+            raise RuntimeError(f"no {channel} link {src} -> {dst} was set up at start-up (setup.link_pairs)") from None
 
-    @property
-    def backward_channel(self) -> Channel:
-        return Channel(self.backward, self.backward_headers)
-
-    def link_channel(self, stage_index: int) -> Channel:
-        """The replay link from stage ``stage_index`` to the next one."""
-        return Channel(self.links[stage_index % 2], self.link_headers[stage_index % 2])
+    def channel(self, channel: str, src: int, dst: int, stage_index: int = 0) -> Channel:
+        """The link ``src -> dst`` of ``channel`` with its header twin (``link``: the twin of ``stage_index``,
+        the sending stage, so that a stage's receiving thread and sending main thread never share one)."""
+        twin = {
+            "forward": self.forward_headers,
+            "backward": self.backward_headers,
+            "link": self.link_headers[stage_index % 2],
+        }[channel]
+        return Channel(self.pair(channel, src, dst), twin, staged=self.staged)
 
 
 def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def init_distributed(timeout_s: float, data_parallel: bool = False, replicas: int = 1) -> tuple[Topology, Groups]:
+def init_distributed(
+    timeout_s: float,
+    data_parallel: bool = False,
+    replicas: int = 1,
+    backend: str = "auto",
+    device: str = "auto",
+    channels: frozenset[str] = frozenset(),
+) -> tuple[Topology, Groups]:
     """Join the job torchrun started; fail at start-up (not at the first send) when the setup is wrong.
     ``data_parallel``: every process is a replica of the whole net (ddp), not a pipeline stage; ``replicas``:
-    R copies of a P-stage pipeline, P = world size / R, on a ``(pp, dp)`` device mesh."""
+    R copies of a P-stage pipeline, P = world size / R, on a ``(pp, dp)`` device mesh; ``channels``: the kinds
+    of stage-to-stage link to set up and warm (startup.CHANNELS; none for the baselines)."""
     if not launched_by_torchrun():
         raise ConfigError(
             "mode=pipeline runs one process per stage: start it with torchrun, e.g. "
-            "torchrun --nproc_per_node=4 -m pipelocal.run --mode=pipeline"
+            "torchrun --nproc_per_node=4 --standalone -m pipelocal.run --mode=pipeline"
         )
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    gpus = torch.cuda.device_count() if device != "cpu" else 0
+    where = place(backend, device, local_rank, local_world, gpus)
     timeout = timedelta(seconds=timeout_s)
     store = job_store(rank, world, timeout)
-    if torch.cuda.is_available():
-        device, backend = torch.device("cuda", local_rank), "nccl"
-        torch.cuda.set_device(device)
-        # device_id makes NCCL form its communicator eagerly, so a bad setup fails here.
-        dist.init_process_group(backend, timeout=timeout, device_id=device, store=store, rank=rank, world_size=world)
-    else:
-        device, backend = torch.device("cpu"), "gloo"
-        dist.init_process_group(backend, timeout=timeout, store=store, rank=rank, world_size=world)
-    groups = Groups(
-        forward=dist.new_group(backend=backend, timeout=timeout),
-        backward=dist.new_group(backend=backend, timeout=timeout),
-        weights=dist.new_group(backend=backend, timeout=timeout),
-        links=(dist.new_group(backend=backend, timeout=timeout), dist.new_group(backend=backend, timeout=timeout)),
-        forward_headers=dist.new_group(backend="gloo", timeout=timeout),
-        backward_headers=dist.new_group(backend="gloo", timeout=timeout),
-        link_headers=(dist.new_group(backend="gloo", timeout=timeout), dist.new_group(backend="gloo", timeout=timeout)),
-        control=dist.new_group(backend="gloo", timeout=timeout),
-        stats=dist.new_group(backend="gloo", timeout=timeout),
-        preempt=dist.new_group(backend="gloo", timeout=timeout),
+    if where.device.type == "cuda":
+        torch.cuda.set_device(where.device)
+    # NCCL: device_id makes the communicator eager (a bad setup fails here), and every group made after it is
+    # split from it at once (distributed_c10d._new_process_group_helper), so new_group is collective on NCCL.
+    device_id = where.device if where.backend == "nccl" else None
+    dist.init_process_group(
+        where.backend, timeout=timeout, device_id=device_id, store=store, rank=rank, world_size=world
     )
-    topo = Topology.of_world(world, rank, device, backend, local_rank, dp=world if data_parallel else replicas)
+    dp = world if data_parallel else replicas
+    topo = Topology.of_world(world, rank, where.device, where.backend, local_rank, dp=dp)
+    pairs = link_pairs(topo.pp, topo.dp, channels) if not data_parallel else []
+    new = lambda b: dist.new_group(backend=b, timeout=timeout)  # noqa: E731
+    groups = Groups(
+        forward=new(where.backend),
+        pairs={p: dist.new_group(list(p[1:]), backend=where.backend, timeout=timeout) for p in pairs},
+        forward_headers=new("gloo"),
+        backward_headers=new("gloo"),
+        link_headers=(new("gloo"), new("gloo")),
+        control=new("gloo"),
+        stats=new("gloo"),
+        preempt=new("gloo"),
+        staged=where.staged,
+    )
     if replicas > 1:
         groups = replicated(groups, topo, timeout)
-    return topo, groups
+    return topo, warm_up(groups, topo, pairs)
 
 
 def replicated(groups: Groups, topo: Topology, timeout: timedelta) -> Groups:
@@ -134,6 +193,6 @@ def job_store(rank: int, world: int, timeout: timedelta) -> dist.Store:
 
 
 def destroy_distributed() -> None:
-    """Clean teardown after a successful run only; a failing stage exits without collectives (DESIGN §6)."""
+    """Clean teardown after a successful run only; a failing stage exits without collectives."""
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -1,4 +1,4 @@
-"""Messages between adjacent stages: a fixed-size int64 header, then the tensors (DESIGN §4, Messages).
+"""Messages between adjacent stages: a fixed-size int64 header, then the tensors (docs/design.md, "The wire").
 
 Header layout (int64, ``HEADER_SIZE`` words): ``[kind | halt << 8, step, valid_rows, num_tensors,
 (dtype, ndim, d0..d4) * MAX_TENSORS]``. Each link is a :class:`Channel` of two process groups: the header
@@ -20,7 +20,6 @@ receiver checks the host header before it waits for the tensors, so a bad messag
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from dataclasses import dataclass, replace
 from enum import IntEnum
@@ -28,6 +27,9 @@ from enum import IntEnum
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+
+from pipelocal.distributed.staging import Landing, staged, to_host
+from pipelocal.distributed.waits import WaitClock
 
 MAX_TENSORS = 4
 MAX_DIMS = 5
@@ -81,6 +83,7 @@ class Channel:
 
     data: dist.ProcessGroup
     headers: dist.ProcessGroup
+    staged: bool = False  # gloo ``data`` for CUDA tensors: they travel through host buffers (staging.py)
 
 
 @dataclass(frozen=True)
@@ -165,7 +168,12 @@ class Sender:
         self.channel, self.src, self.dst, self.depth = channel, src, dst, depth
         self.device = device  # NCCL sends only device tensors: the labels travel where the activations are
         self._outstanding: deque = deque()  # (works, tensors kept alive until the send completes)
-        self.wait_s = 0.0
+        self._staged = staged(channel, device)
+        self.clock = WaitClock(device, on_stream=device.type == "cuda" and not self._staged)
+
+    @property
+    def wait_s(self) -> float:
+        return self.clock.seconds
 
     def send(
         self,
@@ -194,15 +202,16 @@ class Sender:
         while len(self._outstanding) >= self.depth:
             self._wait_oldest()
         header = encode_header(kind, step, valid, metas, halt)
+        if self._staged:
+            tensors = to_host(tensors, self.device)
         works = [dist.isend(header, self.dst, group=self.channel.headers)]
         works += [dist.isend(t, self.dst, group=self.channel.data) for t in tensors]
         self._outstanding.append((works, (header, tensors)))
 
     def _wait_oldest(self) -> None:
-        start = time.perf_counter()
         works, _ = self._outstanding.popleft()
-        _wait(works, f"stage {self.src} could not send to stage {self.dst} (dead or stuck?)")
-        self.wait_s += time.perf_counter() - start
+        with self.clock.measure():
+            _wait(works, f"stage {self.src} could not send to stage {self.dst} (dead or stuck?)")
 
     def flush(self) -> None:
         while self._outstanding:
@@ -222,7 +231,9 @@ class Receiver:
         self._counts: dict[tuple, int] = {}
         self._posted: deque = deque()  # (plan index, [header, *tensor buffers, labels?], works)
         self._next_post = 0
-        self.wait_s = 0.0
+        self._staged = staged(channel, device)
+        self.host_clock = WaitClock(device, on_stream=False)  # headers: gloo, the host waits
+        self.clock = WaitClock(device, on_stream=device.type == "cuda" and not self._staged)  # tensors
         for _ in range(depth):
             self._post()
 
@@ -236,15 +247,22 @@ class Receiver:
         self._counts[key] = self._counts.get(key, 0) + 1
         if ring[slot] is None:
             wire = expected.metas + labels_meta(expected.kind, expected.metas)
-            ring[slot] = [torch.empty(HEADER_SIZE, dtype=torch.int64)] + [
-                torch.empty(m.shape, dtype=m.dtype, device=self.device) for m in wire
-            ]
+            buffers = [torch.empty(m.shape, dtype=m.dtype, device=self.device) for m in wire]
+            ring[slot] = [torch.empty(HEADER_SIZE, dtype=torch.int64)] + (
+                [Landing(buffers, self.device)] if self._staged else buffers
+            )
         header, *tensors = ring[slot]
+        if self._staged:
+            tensors = tensors[0].free()  # gloo writes the host side; recv() lands it on the device
         header[0] = 0  # kind 0 = "not arrived yet"; see arrived()
         works = [dist.irecv(header, self.src, group=self.channel.headers)]
         works += [dist.irecv(b, self.src, group=self.channel.data) for b in tensors]
         self._posted.append((self._next_post, ring[slot], works))
         self._next_post += 1
+
+    @property
+    def wait_s(self) -> float:
+        return self.host_clock.seconds + self.clock.seconds
 
     def ready(self) -> bool:
         """Has the next planned message's header landed? (Polling for late gradients; never for correctness.)"""
@@ -267,15 +285,16 @@ class Receiver:
         and staleness: how many later messages have already arrived (the producer's lead, from the headers)."""
         index, buffers, works = self._posted.popleft()
         expected, what = self.plan[index], f"message {index} from stage {self.src} (dead or stuck?)"
-        start = time.perf_counter()
-        _wait(works[:1], f"stage {self.dst} got no {what}")
+        with self.host_clock.measure():
+            _wait(works[:1], f"stage {self.dst} got no {what}")
         header = decode_header(buffers[0])
         check_header(header, expected, self.src, self.dst)  # the host header only: a bad message is never read
-        _wait(works[1:], f"stage {self.dst} got no tensors of {what}")  # NCCL: the stream waits, not the host
-        self.wait_s += time.perf_counter() - start
+        with self.clock.measure():  # NCCL: the stream waits, not the host (timed with CUDA events)
+            _wait(works[1:], f"stage {self.dst} got no tensors of {what}")
+        landed = buffers[1].land() if self._staged else buffers[1:]
         staleness = sum(1 for _, b, w in self._posted if _arrived(b[0], w[0]))
         self._post()
-        tensors = [b[: header.valid] for b in buffers[1:]]
+        tensors = [b[: header.valid] for b in landed]
         if expected.kind in LABELLED:
             header = replace(header, labels=tensors.pop())
         return header, tensors, staleness

@@ -86,18 +86,21 @@ def build_links(cfg, topo: Topology, groups: Groups, plan: Plan, stage: Stage, r
     if in_metas is not None:
         # A replay link carries the training traffic; the forward group keeps evaluation and STOP.
         planned = [e for e in expectations(plan, in_metas) if not replay or e.kind in (Kind.EVAL, Kind.STOP)]
-        links.forward_in = ForwardIn(Receiver(groups.forward_channel, topo.prev_rank, s, planned, depth, device))
+        links.forward_in = ForwardIn(
+            Receiver(groups.channel("forward", topo.prev_rank, topo.rank), topo.prev_rank, s, planned, depth, device)
+        )
         if replay:
             p = cfg.pipeline
             buffer = ReplayBuffer(p.buffer_size, p.sampling, p.max_reuse, cfg.train.seed + s)
-            reader = LinkReader(groups.link_channel(s - 1), topo.prev_rank, s, in_metas[Kind.DATA], device)
+            channel = groups.channel("link", topo.prev_rank, topo.rank, s - 1)
+            reader = LinkReader(channel, topo.prev_rank, s, in_metas[Kind.DATA], device)
             links.replay_in = ReplayIn(reader, buffer, s)
     if out_metas is not None:
-        sender = Sender(groups.forward_channel, s, topo.next_rank, depth, device)
+        sender = Sender(groups.channel("forward", topo.rank, topo.next_rank), s, topo.next_rank, depth, device)
         context = tuple(out_context)
         links.forward_out = ForwardOut(sender, out_metas, context, plan.batch_size, plan.eval_batch_size)
         if replay:
-            link = Sender(groups.link_channel(s), s, topo.next_rank, depth, device)
+            link = Sender(groups.channel("link", topo.rank, topo.next_rank, s), s, topo.next_rank, depth, device)
             links.replay_out = ReplayOut(link, out_metas[Kind.DATA], context, rows)
     links.grads = _grad_links(cfg, topo, groups, plan, stage, ranges)
     links.ema = _ema_links(cfg, topo, groups, stage, ranges)
@@ -113,9 +116,10 @@ def _grad_links(cfg, topo: Topology, groups: Groups, plan: Plan, stage: Stage, r
         boundary = ranges[s + 1][0]
         expected = grad_expectations(plan, method, boundary, shapes[boundary - 1])
         if expected:
-            grads.receiver = Receiver(groups.backward_channel, topo.next_rank, s, expected, depth, device)
+            channel = groups.channel("backward", topo.next_rank, topo.rank)
+            grads.receiver = Receiver(channel, topo.next_rank, s, expected, depth, device)
     if not topo.is_first_stage and grad_expectations(plan, method, stage.first, shapes[stage.first - 1]):
-        grads.sender = Sender(groups.backward_channel, s, topo.prev_rank, depth, device)
+        grads.sender = Sender(groups.channel("backward", topo.rank, topo.prev_rank), s, topo.prev_rank, depth, device)
         grads.metas = (TensorMeta(plan.grad_dtype, (rows, *shapes[stage.first - 1])),)
     return grads if grads.receiver is not None or grads.sender is not None else None
 
@@ -135,7 +139,7 @@ def _ema_links(cfg, topo: Topology, groups: Groups, stage: Stage, ranges) -> Ema
             followers.setdefault(u, []).append(stage_of_module[i])
     if not followers:
         return None
-    return EmaLinks(stage, groups.weights, stage_of_unit, followers, cfg.method.ema_sync_every, topo)
+    return EmaLinks(stage, groups, stage_of_unit, followers, cfg.method.ema_sync_every, topo)
 
 
 def handshake(topo: Topology, groups: Groups, out_metas, in_metas) -> None:

@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 
 from pipelocal.data import Batch
+from pipelocal.distributed.staging import staged
 from pipelocal.distributed.transport import (
     HEADER_SIZE,
     Channel,
@@ -109,10 +110,14 @@ class LinkReader:
                 tensors = []
                 if header.kind == Kind.DATA:
                     wire = self.metas + labels_meta(Kind.DATA, self.metas)
-                    tensors = [torch.empty(m.shape, dtype=m.dtype, device=self.device) for m in wire]
+                    host = staged(self.channel, self.device)  # stages sharing a GPU: gloo lands it in host memory
+                    where = "cpu" if host else self.device
+                    tensors = [torch.empty(m.shape, dtype=m.dtype, device=where) for m in wire]
                     works = [dist.irecv(t, self.src, group=self.channel.data) for t in tensors]
                     for work in works:
                         work.wait()
+                    if host:
+                        tensors = [t.to(self.device) for t in tensors]  # this reader thread's own copy, blocking
                     tensors = [t[: header.valid] for t in tensors]
                     header = replace(header, labels=tensors.pop())
                 self.items.put((header, tensors))
