@@ -64,6 +64,8 @@ class RunLog:
                     return
                 if self.reporter is None and not self.topo.is_coordinator:
                     return  # a later replica of a stage: its first replica's row stands for it
+                if self.topo.device.type == "cuda":  # once per window: time the device's work, not the host's lead
+                    torch.cuda.synchronize(self.topo.device)
                 waits_now = current_waits()
                 elapsed = time.perf_counter() - start
                 row = _live_row(epoch, steps, stats, result, elapsed, waits, waits_now)

@@ -351,8 +351,8 @@ def eval_step(modules, x: torch.Tensor, y: torch.Tensor, correct: torch.Tensor, 
         with numerics.autocast():
             x = numerics.boundary(module(x))
             logits = module.head.logits(x) if module.head is not None else None
-        if logits is None:
+        if logits is None:  # known on the host: a module without logits never has them (no device read here)
             correct[i] = -1
-        elif correct[i] >= 0:
+        else:
             correct[i] += (logits.argmax(1) == y).sum()
     return x

@@ -129,14 +129,15 @@ class DDPLoop(_Strategy):
     @torch.no_grad()
     def evaluate(self, stats) -> None:
         self.stage.set_mode(False)
-        correct = torch.zeros(1, dtype=torch.long)
+        correct = torch.zeros(1, dtype=torch.long, device=self.stage.device)  # read once, at the end
         total = 0
         numerics = self.stage.numerics
         for batch in self.test_loader:
             x, y = numerics.layout(self._slice(batch.x)), self._slice(batch.y)
             with numerics.autocast():
-                correct += (self.ddp.module(x).argmax(1) == y).sum().cpu()
+                correct += (self.ddp.module(x).argmax(1) == y).sum()
             total += len(batch)
+        correct = correct.cpu()
         dist.all_reduce(correct, group=self.control)  # at the end of evaluation: the replicas are in step anyway
         stats.correct = correct.tolist() if self.rank == 0 else []
         stats.eval_samples = total
@@ -181,7 +182,7 @@ class PipeliningLoop(_Strategy):
     @torch.no_grad()
     def evaluate(self, stats) -> None:
         self.stage.set_mode(False)
-        correct = torch.zeros(len(self.stage.modules), dtype=torch.long)
+        correct = torch.zeros(len(self.stage.modules), dtype=torch.long, device=self.stage.device)  # read at the end
         correct[:-1] = -1  # only the classifier gives class scores
         rows = self.plan.batch_size
         batches = iter(self.test_loader) if self.test_loader is not None else None
@@ -190,7 +191,7 @@ class PipeliningLoop(_Strategy):
             padded = _padded(batch, rows) if batch is not None else None
             out = self.schedule.eval(*self._args(padded), **({"target": padded.y} if self.is_last else {}))
             if self.is_last:
-                correct[-1] += (out[:valid].argmax(1) == padded.y[:valid]).sum().cpu()
+                correct[-1] += (out[:valid].argmax(1) == padded.y[:valid]).sum()
             stats.eval_samples += valid
         if not self.is_last:
             correct[-1] = -1
