@@ -73,12 +73,13 @@ def command(mode: str, args, run_root: Path, name: str) -> list[str]:
         f"--metrics.run_name={name}",
         f"--pipeline.microbatches={args.microbatches}",
     ]
+    cores = args.cores or args.stages
     if mode == "e2e":
-        return pipelocal_command([*shared, "--method.name=e2e", f"--train.threads={args.stages}"])
+        return pipelocal_command([*shared, "--method.name=e2e", f"--train.threads={cores}"])
     local = [f"--split.num_modules={args.modules}", *added] if mode == "pipeline" else ["--method.name=e2e"]
     if mode in ("gpipe", "1f1b"):
         local.append(f"--split.num_modules={args.stages}")
-    return pipelocal_command([*shared, *local, "--pipeline.threads=1"], args.stages)
+    return pipelocal_command([*shared, *local, f"--pipeline.threads={max(cores // args.stages, 1)}"], args.stages)
 
 
 def run(mode: str, args, run_root: Path, name: str) -> RunSummary:
@@ -104,7 +105,8 @@ def table(results: dict, args) -> tuple[list[list], dict]:
     rows = []
     for mode in results:
         f = memory[mode]
-        layout = f"1 x {args.stages}" if mode == "e2e" else f"{args.stages} x 1"
+        cores = args.cores or args.stages
+        layout = f"1 x {cores}" if mode == "e2e" else f"{args.stages} x {max(cores // args.stages, 1)}"
         if mode in DATA_PARALLEL:
             layout += f" (P=1 x R={args.stages})"
         cuda = " / ".join("-" if c is None else f"{c / 2**20:.0f}" for c in f["cuda"])
@@ -156,6 +158,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/fmnist/pipeline_infopro_p2.yaml")
     parser.add_argument("--stages", type=int, default=2, help="P: processes for every multi-process mode")
+    parser.add_argument(
+        "--cores", type=int, default=0, help="cores for every mode: e2e's threads, cores / P per process (default P)"
+    )
     parser.add_argument("--modules", type=int, default=2, help="K of the local pipeline (K >= P)")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--epochs", type=int, default=3)
@@ -176,9 +181,11 @@ def main() -> None:
         for mode in args.modes:
             results[mode].append(run(mode, args, folder / "runs", f"{mode}-{r}"))
     rows, figures = table(results, args)
+    cores = args.cores or args.stages
     header = (
-        f"# Throughput and memory: local pipeline vs E2E\n\nhardware: {hardware()}; every mode uses {args.stages} "
-        f"cores in all (1 process x {args.stages} threads, or {args.stages} processes x 1 thread).\n\n"
+        f"# Throughput and memory: local pipeline vs E2E\n\nhardware: {hardware()}; every mode uses {cores} "
+        f"cores in all (1 process x {cores} threads, or {args.stages} processes x {max(cores // args.stages, 1)} "
+        "threads).\n\n"
         f"config: {args.config} {' '.join(args.set)}; batch {args.batch}; local pipeline K = {args.modules} on "
         f"P = {args.stages}; gpipe/1f1b {args.microbatches} microbatches; {args.steps} steps x {args.epochs} epochs "
         f"per run (median epoch), median of {args.repeats} alternating repeats. Best E2E mode: "

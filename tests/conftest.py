@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -10,6 +12,13 @@ from pipelocal.data import build_loaders
 from pipelocal.optim import build_optimizers
 from pipelocal.runtime import build_local_net
 from pipelocal.runtime.numerics import Numerics
+
+
+def pytest_configure(config):
+    """The CPU suite runs on the CPU on any machine: GPUs are hidden (before CUDA starts, so the torchrun jobs the
+    tests start inherit it) unless the GPU tier is what was asked for (``pytest -m gpu``; tests/gpu)."""
+    if (config.option.markexpr or "").strip() != "gpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 
 def tiny_config(*overrides: str, tmp_path=None):
