@@ -1,7 +1,7 @@
 """Distributed set-up and teardown: backend choice, device, timeouts, and the channels' process groups.
 
 One code path: NCCL on ``cuda:local_rank`` when CUDA is available, gloo on CPU otherwise. The groups
-are created in the same order on every rank (DESIGN §4, Channels):
+are created in the same order on every rank (docs/design.md#process-groups):
 
 - ``forward``: activations downstream (the backend's p2p);
 - ``backward``: gradients upstream (guidance, cascades);
@@ -134,6 +134,7 @@ def job_store(rank: int, world: int, timeout: timedelta) -> dist.Store:
 
 
 def destroy_distributed() -> None:
-    """Clean teardown after a successful run only; a failing stage exits without collectives (DESIGN §6)."""
+    """Clean teardown after a successful run only; a failing stage exits without collectives
+    (docs/pipeline.md#failing-fast)."""
     if dist.is_initialized():
         dist.destroy_process_group()
