@@ -135,3 +135,16 @@ def test_nothing_cites_the_founding_notes():
         text = path.read_text(encoding="utf-8", errors="replace")
         cites += [f"{rel}: {word!r}" for word in FORBIDDEN if word in text]
     assert not cites, "\n".join(cites)
+
+
+def test_ci_runs_the_readmes_test_command():
+    """.ci/run runs the README's test command verbatim: a change to one without the other fails here."""
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").strip().splitlines()
+    command = next(line for line in reversed(ci) if line.strip() and not line.startswith("#"))
+    readme_lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    assert command in readme_lines, f"README.md has no line equal to .ci/run's command: {command}"
+
+
+def test_readme_starts_the_default_job_with_torchrun_standalone():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "torchrun --standalone --nproc_per_node=4 -m pipelocal.run\n" in readme
