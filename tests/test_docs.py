@@ -148,3 +148,16 @@ def test_ci_runs_the_readmes_test_command():
 def test_readme_starts_the_default_job_with_torchrun_standalone():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert "torchrun --standalone --nproc_per_node=4 -m pipelocal.run\n" in readme
+
+
+def test_code_references_into_docs_resolve():
+    """Comments, docstrings, help strings and config headers cite docs/<page>.md#<anchor>: each must exist."""
+    dead = []
+    for path, rel in _repo_files():
+        if rel.parts[0] == "docs" or rel.suffix == ".md":
+            continue  # the pages themselves: test_every_link_and_anchor_resolves
+        for page, anchor in re.findall(r"\bdocs/([\w-]+\.md)(?:#([\w-]+))?", path.read_text(errors="replace")):
+            target = ROOT / "docs" / page
+            if not target.exists() or (anchor and anchor not in page_anchors(target)):
+                dead.append(f"{rel}: docs/{page}{'#' + anchor if anchor else ''}")
+    assert not dead, "\n".join(sorted(set(dead)))
