@@ -1,7 +1,7 @@
 """The job configuration: a dataclass tree (the schema), YAML values, dotted CLI overrides, validation.
 
 Precedence is CLI > YAML > defaults. Unknown keys and bad values raise :class:`ConfigError` naming the
-key and what is allowed. Every field carries its help text, so ``--help`` and the README stay honest.
+key and what is allowed. Every field carries its help text, so ``--help`` and docs/configuration.md stay honest.
 The ``method`` section is assembled from the methods' own ``Config`` classes, and mode names and rules come
 from the registered modes (both tables in options.py, filled when pipelocal imports methods/ and schedules/).
 """
@@ -64,11 +64,11 @@ class DataConfig:
         "dataset",
         ("fashion_mnist", "mnist", "cifar10", "cifar100", "svhn", "stl10", "imagefolder", "synthetic"),
     )
-    root: str | None = option(None, "dataset folder; default: the usual places (see README, Data)")
+    root: str | None = option(None, "dataset folder; default: the usual places (docs/methods.md#data)")
     download: bool = option(False, "let torchvision download the dataset into root (or ./data)")
     batch_size: int = option(128, "training batch size")
     eval_batch_size: int = option(512, "evaluation batch size")
-    augment: bool = option(True, "random crop (+ flip where the recipe has it), METHODS §4")
+    augment: bool = option(True, "random crop (+ flip where the recipe has it), docs/methods.md#recipes")
     workers: int = option(2, "DataLoader workers for datasets read from disk per sample (imagefolder)")
     train_subset: int | None = option(None, "use only the first N training samples (quick runs)")
     test_subset: int | None = option(None, "use only the first N test samples (quick runs)")
@@ -90,7 +90,9 @@ class SplitConfig:
         "slowest module (time) or the largest activation memory (memory), aux heads included",
         ("uniform", "table", "time", "memory"),
     )
-    table: str = option("infopro", "balance=table: InfoPro's split tables (METHODS §2)", ("infopro", "infopro_star"))
+    table: str = option(
+        "infopro", "balance=table: InfoPro's split tables (docs/methods.md#splits)", ("infopro", "infopro_star")
+    )
     boundaries: list[int] | None = option(
         None, "explicit unit indices after which a module ends (K-1 of them); overrides balance"
     )
@@ -222,7 +224,8 @@ class PipelineConfig:
     replicas: int = option(
         1,
         "R, data-parallel replicas of the pipeline: torchrun starts P x R processes, each replica a full P-stage "
-        "pipeline training its shard of every batch; a stage's replicas average gradients (DESIGN §9)",
+        "pipeline training its shard of every batch; a stage's replicas average gradients "
+        "(docs/scale-out.md#the-p-x-r-mesh)",
     )
     sync_batchnorm: bool = option(
         False, "BatchNorm statistics over the whole batch, all-reduced across a stage's replicas (R = 1: no effect)"
@@ -282,7 +285,7 @@ class CheckpointConfig:
 @dataclass
 class JobConfig:
     # The allowed values are the registry itself (a live view: a mode registered later is allowed too).
-    mode: str = option("sequential", "execution mode (DESIGN §2)", MODE_TRAITS)
+    mode: str = option("sequential", "execution mode (docs/design.md#modes)", MODE_TRAITS)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     split: SplitConfig = field(default_factory=SplitConfig)

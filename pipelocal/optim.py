@@ -1,4 +1,4 @@
-"""Per-module optimizers (SGD, AdamW) and the learning-rate schedules of METHODS §4."""
+"""Per-module optimizers (SGD, AdamW) and the learning-rate schedules of docs/methods.md#recipes."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Entry point: parse the config, run the job (job.py), exit with a code that says what went wrong.
 
-python -m pipelocal.run --config configs/fmnist_infopro_k4.yaml --train.epochs=1
+python -m pipelocal.run --config configs/fmnist/infopro_k4.yaml --train.epochs=1
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
 def cli(argv: list[str] | None = None) -> int:
     """Exit codes: 0 done, 2 bad config, data or checkpoint, 75 preempted (a checkpoint was written: resume with
     ``--train.resume=auto``), 1 anything else. A failing stage names itself and exits at once, without
-    collective clean-up, which could hang on a dead peer (DESIGN §6)."""
+    collective clean-up, which could hang on a dead peer (docs/pipeline.md#failing-fast)."""
     stage = f" on stage {os.environ['RANK']}" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
     try:
         return main(argv)

@@ -1,4 +1,4 @@
-"""Units -> K local modules: the papers' tables, a uniform rule, or explicit boundaries (DESIGN §7).
+"""Units -> K local modules: the papers' tables, a uniform rule, or explicit boundaries (docs/methods.md#splits).
 
 A split is data: a list of ``(start, end)`` unit ranges, end exclusive, covering every unit once.
 """
@@ -9,7 +9,7 @@ from pipelocal.config import ConfigError, SplitConfig
 
 Range = tuple[int, int]
 
-# InfoPro's tables (METHODS §2): a module ends after each listed (stage, block) position.
+# InfoPro's tables (docs/methods.md#splits): a module ends after each listed (stage, block) position.
 _R32 = {
     2: [(2, 1)],
     4: [(1, 2), (2, 1), (3, 0)],

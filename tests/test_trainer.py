@@ -101,7 +101,7 @@ def test_fashion_mnist_reaches_a_real_accuracy(tmp_path):
 
 @pytest.mark.parametrize("method", ["dgl", "infopro"])
 def test_forward_first_and_interleaved_orders_agree(method):
-    """DESIGN §4: running all forwards before the backwards changes memory and timing, not the math."""
+    """Running all forwards before the backwards changes memory and timing, not the math (docs/pipeline.md)."""
     from pipelocal.runtime.step import local_step
 
     states, sent = [], []

@@ -1,5 +1,5 @@
 """Datasets: where each one is found on disk (or downloaded), read into memory as uint8, and its recipe
-(augmentation and normalisation, METHODS §4). The loaders that turn them into batches are in loaders.py."""
+(augmentation and normalisation, docs/methods.md#recipes). The loaders that turn them into batches are in loaders.py."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ class Batch:
 
 @dataclass
 class Recipe:
-    """Augmentation and normalisation of one dataset (METHODS §4)."""
+    """Augmentation and normalisation of one dataset (docs/methods.md#recipes)."""
 
     mean: tuple[float, ...]
     std: tuple[float, ...]

@@ -1,4 +1,4 @@
-"""A stage's data-parallel replicas (``pipeline.replicas`` = R > 1; DESIGN §9, the ``dp`` mesh dimension).
+"""A stage's data-parallel replicas (``pipeline.replicas`` = R > 1, the ``dp`` mesh dimension; docs/scale-out.md).
 
 Each of the R replica pipelines trains its shard of every global batch. A stage's replicas average their
 gradients before each optimizer step, per local module: as soon as a module's backward is done, its gradients

@@ -1,12 +1,12 @@
 """Distributed set-up and teardown: backend and device choice, timeouts, the channels' process groups, and the
-warm-up that makes an NCCL start-up cycle-free (docs/gpus.md, "Start-up").
+warm-up that makes an NCCL start-up cycle-free (docs/gpus.md#start-up).
 
 Placement (:func:`place`): NCCL on ``cuda:local_rank`` when every process of a node has a GPU of its own; else,
 with CUDA, the stages share GPUs (``cuda:local_rank % device_count``) and their messages are *host-staged*:
 gloo carries them through pinned host buffers (transport.py); without CUDA, or with ``train.device=cpu``,
 CPU and gloo. ``distributed.backend`` forces a choice; NCCL with more processes than GPUs is refused.
 
-The groups are created in the same order on every rank:
+The groups are created in the same order on every rank (docs/design.md#process-groups):
 
 - ``pairs``: one 2-rank group of the backend per link *direction* the pipeline may use, ``(channel, src, dst)``
   with channel ``forward`` (activations s -> s+1), ``backward`` (gradients s+1 -> s: guidance, cascades),
@@ -25,7 +25,7 @@ The groups are created in the same order on every rank:
 
 Before anything else communicates, startup.py's ``warm_up`` runs one message over every pair group and one
 all-reduce over every ``dp`` group, in one global order that every rank derives from the same numbers. After it,
-every NCCL communicator the job uses exists, so no later operation can block creating one (docs/gpus.md).
+every NCCL communicator the job uses exists, so no later operation can block creating one (docs/gpus.md#start-up).
 """
 
 from __future__ import annotations
@@ -193,6 +193,7 @@ def job_store(rank: int, world: int, timeout: timedelta) -> dist.Store:
 
 
 def destroy_distributed() -> None:
-    """Clean teardown after a successful run only; a failing stage exits without collectives."""
+    """Clean teardown after a successful run only; a failing stage exits without collectives
+    (docs/pipeline.md#failing-fast)."""
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -4,7 +4,7 @@ NCCL makes a communicator at the first operation that needs it (unless the group
 making one blocks until every member joins; a rank blocked there while its peer waits for it elsewhere is a
 deadlock that gloo (which connects every pair at once) never shows. So every link's group is made and then
 used once, in one global order every rank derives from the same numbers, before any receive is posted and
-before any collective runs (docs/gpus.md, "Start-up"). tests/distributed/test_startup.py pins the order.
+before any collective runs (docs/gpus.md#start-up). tests/distributed/test_startup.py pins the order.
 """
 
 from __future__ import annotations

@@ -78,7 +78,7 @@ class Topology:
 
     @property
     def is_coordinator(self) -> bool:
-        """Rank 0 gathers metrics, writes the run directory and drives evaluation (DESIGN §4)."""
+        """Rank 0 gathers metrics, writes the run directory and drives evaluation (docs/design.md#how-a-batch-walks)."""
         return self.rank == 0
 
     def rank_of(self, stage: int) -> int:

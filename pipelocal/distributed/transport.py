@@ -1,4 +1,4 @@
-"""Messages between adjacent stages: a fixed-size int64 header, then the tensors (docs/design.md, "The wire").
+"""Messages between adjacent stages: a fixed-size int64 header, then the tensors (docs/design.md#the-wire).
 
 Header layout (int64, ``HEADER_SIZE`` words): ``[kind | halt << 8, step, valid_rows, num_tensors,
 (dtype, ndim, d0..d4) * MAX_TENSORS]``. Each link is a :class:`Channel` of two process groups: the header

@@ -3,10 +3,10 @@
 The aux net after unit l mimics the rest of the network at a fraction of its depth: it samples d_l later
 units uniformly (always ending at the last one) and builds a *new* block of the backbone's own kind for
 each, with that unit's output width (no weights shared or copied), then avg pool -> [BN1d if d_l <= 1]
--> linear. Depths decay linearly with the module index (METHODS §3).
+-> linear. Depths decay linearly with the module index (docs/methods.md#auglocal).
 
 The authors' code uses K - d modules and folds the last d + 1 units into the final module; here K means
-K modules. To reproduce their setting give the boundaries explicitly (README, Methods).
+K modules. To reproduce their setting give the boundaries explicitly (docs/methods.md#auglocal).
 
 Beyond ResNets the rule is the same, with the backbone's own kind of unit (``Backbone.new_block``). VGG: a fresh
 conv3x3-BN-ReLU layer per sampled unit, "stride 2" being a layer that ends with a 2x2 max-pool (as the units that

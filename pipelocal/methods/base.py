@@ -124,7 +124,7 @@ class CrossEntropyHead(Head):
 
 
 class LocalMethod:
-    """Base of every method. ``span`` is how many modules back a loss's gradient travels (DESIGN §1)."""
+    """Base of every method. ``span`` is how many modules back a loss's gradient travels (docs/design.md#vocabulary)."""
 
     name = "base"
     span_all = False  # True: one loss spans every module (e2e); False: span 1, outputs detached

@@ -1,4 +1,4 @@
-"""dgl: Decoupled Greedy Learning's "MLP-SR" aux head (Belilovsky et al., 2020; METHODS §3).
+"""dgl: Decoupled Greedy Learning's "MLP-SR" aux head (Belilovsky et al., 2020; docs/methods.md#the-methods).
 
 On a ViT the head runs on the patch grid (the class token dropped): S is the grid's side, the spatial pooling
 averages neighbouring patch tokens, and its conv1x1-BN-ReLU layers are a token MLP (a 1x1 conv is one Linear

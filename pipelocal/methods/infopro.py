@@ -81,7 +81,8 @@ class UpsampleThen(nn.Sequential):
 
 
 def cifar_aux_nets(channels: int, info: NetInfo, out_features: int) -> tuple[nn.Module, nn.Module]:
-    """METHODS §3: decoder = upsample to the input, conv3x3(C->12)-BN-ReLU, conv3x3(12->in); task head "1c2f"."""
+    """Decoder = upsample to the input, conv3x3(C->12)-BN-ReLU, conv3x3(12->in); task head "1c2f"
+    (docs/methods.md#the-methods)."""
     in_channels, height, width = info.input_shape
     decoder = UpsampleThen((height, width), *_conv_bn_relu(channels, 12, 3), nn.Conv2d(12, in_channels, 3, 1, 1))
     # Double the width with stride 2 below the last stage's width; keep it (stride 1) at the last stage.

@@ -1,6 +1,6 @@
 """mlaan: an independent probe plus a cascade loss through a leap augmented module (MLAAN, AAAI 2025).
 
-Module i has two losses (METHODS §3):
+Module i has two losses (docs/methods.md#mlaan):
 
 - ``wx`` x the probe's loss on its output: trains module i only;
 - ``wy`` x the same kind of loss on the output of the leap augmented module (LAM): copies of later backbone

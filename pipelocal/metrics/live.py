@@ -1,4 +1,4 @@
-"""Live per-stage metrics to rank 0 without a collective on the hot path (DESIGN §4, No stalls).
+"""Live per-stage metrics to rank 0 without a collective on the hot path (docs/pipeline.md#no-stalls-from-bookkeeping).
 
 Each rank > 0 has a reporter thread that sends the newest row (a float64 vector) to rank 0 on the
 ``stats`` group; the training loop only drops the row into a one-slot mailbox, so it never waits and

@@ -1,4 +1,4 @@
-"""Memory accounting that works on any device: bytes alive in tensors saved for backward (DESIGN §8).
+"""Memory accounting that works on any device: bytes alive in tensors saved for backward (docs/design.md).
 
 ``SavedTensorMeter`` wraps forward passes in ``torch.autograd.graph.saved_tensors_hooks``. Each saved
 tensor is held by a small token whose release (when autograd frees the graph after backward) lowers the

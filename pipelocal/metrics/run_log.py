@@ -1,11 +1,11 @@
 """What the trainer reports, on every rank: live rows during an epoch, the epoch's stats at its end, the
 summary at the close. Rank 0 (the coordinator) writes the run directory and draws the console.
 
-No collective on the hot path (DESIGN §4, No stalls): live rows travel off it (metrics/live.py), and each
-stage's :class:`StageStats` is gathered once per epoch, at its end, where evaluation drains the pipeline
-anyway. With one process nothing travels; the same types are written. Rank 0 also keeps the run's clock (the
-remaining time in the progress line and the live table, the elapsed time at the close) and, with
-``metrics.tensorboard``, writes the same figures as TensorBoard scalars (metrics/tensorboard.py).
+No collective on the hot path (docs/pipeline.md#no-stalls-from-bookkeeping): live rows travel off it
+(metrics/live.py), and each stage's :class:`StageStats` is gathered once per epoch, at its end, where
+evaluation drains the pipeline anyway. With one process nothing travels; the same types are written. Rank 0
+also keeps the run's clock (the remaining time in the progress line and the live table, the elapsed time at the
+close) and, with ``metrics.tensorboard``, writes the same figures as TensorBoard scalars (metrics/tensorboard.py).
 """
 
 from __future__ import annotations

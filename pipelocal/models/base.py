@@ -83,7 +83,7 @@ def _meta_forward(unit: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def init_weights(module: nn.Module) -> None:
-    """METHODS §1 init: conv ~ N(0, sqrt(2 / (k*k*out_channels))), BN weight 1, bias 0."""
+    """docs/methods.md#backbones init: conv ~ N(0, sqrt(2 / (k*k*out_channels))), BN weight 1, bias 0."""
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
             n = m.kernel_size[0] * m.kernel_size[1] * m.out_channels

@@ -1,4 +1,4 @@
-"""CIFAR-style ResNet of depth 6n+2 (ResNet-20/32/56/110), any input channels and size (METHODS §1)."""
+"""CIFAR-style ResNet of depth 6n+2 (ResNet-20/32/56/110), any input channels and size (docs/methods.md#backbones)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""When a batch is a guidance step (periodic global guidance, PGL; METHODS §3)."""
+"""When a batch is a guidance step (periodic global guidance, PGL; docs/methods.md#guidance-pgl)."""
 
 from __future__ import annotations
 

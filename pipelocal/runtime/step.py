@@ -2,14 +2,14 @@
 
 Sequential mode runs it over all K modules; a pipeline stage runs it over its own modules and passes
 ``on_output`` to send its activation downstream as soon as it exists, before any backward of the last
-module (DESIGN §4).
+module (docs/pipeline.md#a-stages-step).
 
 Every loss term has a *span*: how many modules it trains, ending at its own. A span-1 loss (greedy, dgl,
 infopro, auglocal, MLAAN's probe) backpropagates into its module only: the module's input is detached.
 A longer one (MLAAN's cascade, the final loss of e2e or of a guidance step) needs the gradient with respect
 to its module's input, which goes back to the module before as the gradient of that module's output, and
-so on until the span is used up (DESIGN §5). A module's graph is therefore kept until the last gradient
-that will reach it has gone through, and no module is ever recomputed. Each distinct span is its own
+so on until the span is used up (docs/design.md#spans). A module's graph is therefore kept until the last
+gradient that will reach it has gone through, and no module is ever recomputed. Each distinct span is its own
 backward pass, so a gradient never travels further than its loss's span.
 """
 

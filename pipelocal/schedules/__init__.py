@@ -15,7 +15,7 @@ from pipelocal.registry import Registry
 
 @dataclass(frozen=True)
 class Mode:
-    """An execution mode (DESIGN §2): how to build a rank's strategy, and what the mode is."""
+    """An execution mode (docs/design.md#modes): how to build a rank's strategy, and what the mode is."""
 
     build: Callable
     traits: ModeTraits

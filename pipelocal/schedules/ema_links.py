@@ -12,7 +12,8 @@ from pipelocal.runtime.stage import Stage, flat_state, load_flat_state
 
 class EmaLinks:
     """MLAAN in a pipeline: weights of backbone units flow from the stage that owns them to the stages whose
-    aux nets keep an EMA of them, every ``method.ema_sync_every`` steps, after the owner's step (DESIGN §5).
+    aux nets keep an EMA of them, every ``method.ema_sync_every`` steps, after the owner's step
+    (docs/pipeline.md#gradients-that-cross-stages).
     With 1 the follower gets the unit as it is after the same step, as in sequential mode; larger is a
     stale EMA (an ablation knob). Sends are non-blocking; a follower waits for what it receives."""
 

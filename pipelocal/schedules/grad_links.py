@@ -1,4 +1,4 @@
-"""Gradients that cross stages (DESIGN §5): guidance, MLAAN's cascade, delayed-gradient e2e.
+"""Gradients that cross stages: guidance, MLAAN's cascade, delayed-gradient e2e (docs/pipeline.md).
 
 The stage keeps the graph of batch t; the next stage sends back ``d loss / d input`` for t (one GRAD
 message per step and link, one tensor per span still to go) and the stage runs backward through what it

@@ -1,4 +1,4 @@
-"""A stage's links to its neighbours, each a small object over the transport (DESIGN §4, Channels).
+"""A stage's links to its neighbours, each a small object over the transport (docs/design.md#process-groups).
 
 - :class:`ForwardIn` / :class:`ForwardOut`: the planned, checked DATA/GUIDE/EVAL/STOP stream on the
   ``forward`` channel (its data group and the gloo twin its headers take; fifo: bounded queue with

@@ -1,7 +1,7 @@
 """The message plan every rank derives from the config: each training and evaluation step, its kind
 (DATA, GUIDE, EVAL, STOP), its valid rows and the tensors it carries, and the GRAD messages that come back
 over a link. Because every rank builds the same plan, each can pre-post every receive and check every
-header (DESIGN §4)."""
+header (docs/design.md#the-wire)."""
 
 from __future__ import annotations
 

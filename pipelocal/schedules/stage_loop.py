@@ -1,4 +1,4 @@
-"""What one stage does in one training step, in order (DESIGN §4): the step strategy of the local modes.
+"""What one stage does in one training step, in order: the step strategy of the local modes (docs/pipeline.md).
 
 Take batch t (from the data loader on the first stage, else from the previous stage's link), run the
 stage's modules, send the detached output downstream as soon as it exists (before the last module's

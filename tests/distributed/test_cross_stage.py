@@ -1,5 +1,5 @@
-"""Gradients that cross stages (DESIGN §5) as real torchrun jobs: invariants 2 and 3, async guidance,
-MLAAN's cascade and EMA links, and the delayed-gradient E2E baseline."""
+"""Gradients that cross stages (docs/pipeline.md#gradients-that-cross-stages) as real torchrun jobs: invariants 2
+and 3, async guidance, MLAAN's cascade and EMA links, and the delayed-gradient E2E baseline."""
 
 import json
 

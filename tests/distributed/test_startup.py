@@ -1,4 +1,4 @@
-"""The start-up that keeps NCCL from deadlocking (docs/gpus.md, "Start-up"), pinned on gloo.
+"""The start-up that keeps NCCL from deadlocking (docs/gpus.md#start-up), pinned on gloo.
 
 NCCL creates a communicator at the first operation that needs it, and that creation blocks until the peer
 joins; gloo connects every pair at once, so a CPU run cannot deadlock the way a GPU run could. What can be

@@ -1,4 +1,5 @@
-"""Invariant 5 (nothing silently wrong on the wire) and fail-fast (DESIGN §6), as real multi-process jobs."""
+"""Invariant 5 (nothing silently wrong on the wire) and fail-fast (docs/pipeline.md#failing-fast), as real
+multi-process jobs."""
 
 import os
 import subprocess

@@ -1,4 +1,4 @@
-"""AugLocal's aux nets and MLAAN's cascade and EMA, checked against the worked examples of METHODS §3."""
+"""AugLocal's aux nets and MLAAN's cascade and EMA, checked against the worked examples of docs/methods.md."""
 
 import torch
 from torch import nn

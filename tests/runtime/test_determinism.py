@@ -19,9 +19,13 @@ def test_ops_without_a_deterministic_kernel_are_named_once_and_other_warnings_pa
         ops.start()
         assert ops.line() is None
         for _ in range(2):  # torch's words (aten/src/ATen/Context.cpp, alertNotDeterministic)
-            warnings.warn("adaptive_avg_pool2d_backward_cuda does not have a deterministic implementation, but ...")
-        warnings.warn("upsample_bilinear2d_backward_out_cuda does not have a deterministic implementation")
-        warnings.warn("something else entirely")
+            warnings.warn(
+                "adaptive_avg_pool2d_backward_cuda does not have a deterministic implementation", stacklevel=1
+            )
+        warnings.warn(
+            "upsample_bilinear2d_backward_out_cuda does not have a deterministic implementation", stacklevel=1
+        )
+        warnings.warn("something else entirely", stacklevel=1)
     finally:
         warnings.showwarning = previous
     assert ops.ops == ["adaptive_avg_pool2d_backward_cuda", "upsample_bilinear2d_backward_out_cuda"]
