@@ -151,16 +151,16 @@ def init_distributed(
     dp = world if data_parallel else replicas
     topo = Topology.of_world(world, rank, where.device, where.backend, local_rank, dp=dp)
     pairs = link_pairs(topo.pp, topo.dp, channels) if not data_parallel else []
-    new = lambda b: dist.new_group(backend=b, timeout=timeout)  # noqa: E731
+    host = lambda: host_group(None, timeout)  # noqa: E731
     groups = Groups(
-        forward=new(where.backend),
+        forward=dist.new_group(backend=where.backend, timeout=timeout),
         pairs={p: dist.new_group(list(p[1:]), backend=where.backend, timeout=timeout) for p in pairs},
-        forward_headers=new("gloo"),
-        backward_headers=new("gloo"),
-        link_headers=(new("gloo"), new("gloo")),
-        control=new("gloo"),
-        stats=new("gloo"),
-        preempt=new("gloo"),
+        forward_headers=host(),
+        backward_headers=host(),
+        link_headers=(host(), host()),
+        control=host(),
+        stats=host(),
+        preempt=host(),
         staged=where.staged,
     )
     if replicas > 1:
@@ -176,10 +176,26 @@ def replicated(groups: Groups, topo: Topology, timeout: timedelta) -> Groups:
     if dist.get_process_group_ranks(dp) != [topo.rank_of_replica(r) for r in range(topo.dp)]:
         raise RuntimeError(f"device mesh dp group {dist.get_process_group_ranks(dp)} is not this stage's replicas")
     twins = [
-        dist.new_group([s * topo.dp + r for r in range(topo.dp)], backend="gloo", timeout=timeout)
+        host_group([s * topo.dp + r for r in range(topo.dp)], timeout)
         for s in range(topo.pp)
     ]
     return dataclasses.replace(groups, dp=dp, dp_host=twins[topo.stage_index], mesh=mesh)
+
+
+def host_group(ranks: list[int] | None, timeout: timedelta) -> dist.ProcessGroup:
+    """A gloo group of ``ranks`` (None: every rank), made as on a CPU job even when NCCL's device is bound.
+
+    With a bound device, torch makes every non-member of a new group join an ``ncclCommSplit`` of the world's
+    communicator (``_new_process_group_helper``, lines 2704-2729 in torch 2.14.1), whatever the new group's
+    backend; the members of a gloo group never call it, so a gloo group of some ranks would hang the others
+    (pytorch/pytorch#145376). Unbinding the default group for the call keeps gloo groups off NCCL."""
+    default = dist.distributed_c10d._get_default_group()
+    bound = default.bound_device_id
+    default.bound_device_id = None
+    try:
+        return dist.new_group(ranks, backend="gloo", timeout=timeout)
+    finally:
+        default.bound_device_id = bound
 
 
 def job_store(rank: int, world: int, timeout: timedelta) -> dist.Store:
