@@ -1,0 +1,65 @@
+"""Networks defined outside the package, for tests/test_user_model.py: one good factory and one per mistake."""
+
+import torch
+from torch import nn
+
+from examples.small_cnn import conv_unit, small_cnn  # noqa: F401  (the good one: tests.user_nets:small_cnn)
+
+
+def tiny_cnn(in_channels: int, num_classes: int, image_size: int) -> list[nn.Module]:
+    """A list of modules (the other accepted return type): 4 units at 2 resolutions, then the classifier."""
+    return [
+        conv_unit(in_channels, 8),
+        conv_unit(8, 8),
+        conv_unit(8, 16, stride=2),
+        conv_unit(16, 16),
+        nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, num_classes)),
+    ]
+
+
+def returns_dict(in_channels, num_classes, image_size):
+    return {"body": conv_unit(in_channels, 8)}
+
+
+class TwoOutputs(nn.Module):
+    def __init__(self, cin):
+        super().__init__()
+        self.conv = conv_unit(cin, 8)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return y, x
+
+
+def tuple_unit(in_channels, num_classes, image_size):
+    return nn.Sequential(TwoOutputs(in_channels), nn.Sequential(nn.Flatten(), nn.LazyLinear(num_classes)))
+
+
+class Stash(nn.Module):
+    """Keeps its input for a later unit: a skip connection across units."""
+
+    def forward(self, x):
+        self.saved = x
+        return x
+
+
+def stateful(in_channels, num_classes, image_size):
+    head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, num_classes))
+    return nn.Sequential(conv_unit(in_channels, 8), Stash(), conv_unit(8, 8), head)
+
+
+def shared(in_channels, num_classes, image_size):
+    unit = conv_unit(8, 8)
+    head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, num_classes))
+    return nn.Sequential(conv_unit(in_channels, 8), unit, unit, head)
+
+
+def flat_unit(in_channels, num_classes, image_size):
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size**2, 8), nn.Linear(8, num_classes))
+
+
+def wrong_classes(in_channels, num_classes, image_size):
+    return nn.Sequential(conv_unit(in_channels, 8), nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()))
+
+
+NOT_CALLABLE = torch.zeros(1)
