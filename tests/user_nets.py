@@ -63,3 +63,42 @@ def wrong_classes(in_channels, num_classes, image_size):
 
 
 NOT_CALLABLE = torch.zeros(1)
+
+
+class Squares(torch.utils.data.Dataset):
+    """n gray 12x12 images of class k: a bright square at one of 4 places (k), plus noise; in [0, 1]."""
+
+    def __init__(self, n: int, seed: int):
+        gen = torch.Generator().manual_seed(seed)
+        self.labels = torch.randint(0, 4, (n,), generator=gen)
+        self.images = torch.rand(n, 1, 12, 12, generator=gen) * 0.3
+        for i, k in enumerate(self.labels.tolist()):
+            row, col = divmod(k, 2)
+            self.images[i, 0, 6 * row : 6 * row + 6, 6 * col : 6 * col + 6] += 0.7
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.images[i], int(self.labels[i])
+
+
+def squares():
+    """The data factory: (train, test, num_classes)."""
+    return Squares(96, 0), Squares(40, 1), 4
+
+
+def squares_out_of_range():
+    train, test, _ = squares()
+    train.images = train.images * 255
+    return train, test, 4
+
+
+def squares_flat():
+    train, test, _ = squares()
+    train.images = train.images[:, 0]
+    return train, test, 4
+
+
+def squares_pair():
+    return squares()[:2]
