@@ -91,3 +91,38 @@ def test_api_trains_a_sequential_on_a_dataset_factory(tmp_path):
     assert summary["config"]["data"]["name"] == "tests.user_nets:squares"
     assert all(torch.equal(v, initial[k]) for k, v in net.state_dict().items())  # the caller's net is untouched
     assert (tmp_path / "api" / "summary.json").is_file()
+
+
+def test_a_user_network_resumes_and_exports(tmp_path):
+    """A run of a factory network on factory data, continued from its checkpoint, exported as a plain backbone
+    whose forward is the trained LocalNet's."""
+    from pipelocal.checkpoint import load_model_state, resolve
+    from pipelocal.export import export_backbone
+    from pipelocal.models import build_model
+    from pipelocal.runtime import build_local_net
+
+    common = [
+        "mode=sequential",
+        "model.name=tests.user_nets:small_cnn",
+        "data.name=tests.user_nets:squares",
+        "data.batch_size=32",
+        "data.workers=0",
+        "split.num_modules=2",
+        "split.balance=uniform",
+        "method.name=infopro",
+        "metrics.console=none",
+        f"metrics.out_dir={tmp_path}",
+        "metrics.run_name=run",
+    ]
+    first = pipelocal.train(overrides=[*common, "train.epochs=1"])
+    second = pipelocal.train(overrides=[*common, "train.epochs=2", "train.resume=auto"])
+    assert first["steps"] == 3 and second["steps"] == 6  # the resumed run counts on from its checkpoint
+    out = export_backbone(tmp_path / "run", say=lambda line: None)
+    cfg = load_config(None, [f"--{item}" for item in common])
+    train, _, info = build_loaders(cfg.data, CPU)
+    backbone = build_model(cfg.model.name, 0, info.input_shape, info.num_classes, "batch")
+    backbone.load_state_dict(torch.load(out), strict=True)
+    net = build_local_net(cfg, info, [(0, 3), (3, 6)])
+    net.load_state_dict(load_model_state(resolve(tmp_path / "run")), strict=True)
+    x = next(iter(train)).x
+    assert torch.equal(backbone.eval()(x), net.eval()(x))
