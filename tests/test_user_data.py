@@ -126,3 +126,18 @@ def test_a_user_network_resumes_and_exports(tmp_path):
     net.load_state_dict(load_model_state(resolve(tmp_path / "run")), strict=True)
     x = next(iter(train)).x
     assert torch.equal(backbone.eval()(x), net.eval()(x))
+
+
+def test_api_takes_a_config_object_and_a_factory_function(tmp_path):
+    from tests.conftest import tiny_config
+    from tests.user_nets import tiny_cnn
+
+    cfg = tiny_config("--train.max_steps=2", tmp_path=tmp_path)
+    summary = pipelocal.train(config=cfg, overrides=["split.num_modules=3", "method.name=dgl"], model=tiny_cnn)
+    assert summary["config"]["model"]["name"] == "tests.user_nets:tiny_cnn"  # module:qualname of the function
+    assert summary["num_modules"] == 3 and summary["module_units"] == [[0, 2], [2, 3], [3, 4]]
+    assert cfg.split.num_modules == 2 and cfg.model.name == "cifar_resnet"  # the caller's config is untouched
+    with pytest.raises(ConfigError, match="config=int: give a YAML path, a JobConfig or None"):
+        pipelocal.train(config=42)
+    with pytest.raises(ConfigError, match="model=int: give a factory, an nn.Sequential or a list of modules"):
+        pipelocal.train(config=cfg, model=42)
