@@ -65,6 +65,7 @@ def test_auglocal_aux_nets_are_fresh_copies_of_later_units():
         ("no_such_module_xyz:build", ["cannot import no_such_module_xyz", "PYTHONPATH"]),
         ("tests.user_nets:missing", ["has no function missing"]),
         ("tests.user_nets:NOT_CALLABLE", ["has no function NOT_CALLABLE"]),
+        ("tests.user_nets:no_keywords", ["takes those keyword arguments", "**kwargs"]),
         ("tests.user_nets:returns_dict", ["returned dict", "nn.Sequential or a list"]),
         ("tests.user_nets:tuple_unit", ["unit 0 (TwoOutputs) returns tuple, not one tensor"]),
         ("tests.user_nets:stateful", ["unit 1 (Stash) keeps a tensor in self.saved", "merge"]),
@@ -80,6 +81,10 @@ def test_a_network_a_pipeline_cannot_split_is_refused_with_the_fix(factory, word
     assert "\n" not in message
     for word in words:
         assert word in message, message
+
+
+def test_a_cache_that_is_not_per_sample_is_the_units_own_state():
+    assert build_model("tests.user_nets:cached", 0, SHAPE, 10, "batch").num_units == 2
 
 
 def test_fewer_units_than_modules_names_the_fix():

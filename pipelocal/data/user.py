@@ -99,7 +99,13 @@ def channel_stats(dataset: Dataset, name: str) -> tuple[torch.Tensor, torch.Tens
 
 def user_loaders(cfg: DataConfig, device: torch.device, seed: int):
     """Train loader, test loader and :class:`DataInfo` from the factory ``cfg.name``."""
-    out = load_factory(cfg.name, "data.name")()
+    factory = load_factory(cfg.name, "data.name")
+    try:
+        out = factory()
+    except TypeError as err:  # most often a factory that expects arguments
+        raise ConfigError(
+            f"data.name={cfg.name}: calling it without arguments failed ({err}); the factory takes none"
+        ) from err
     if not isinstance(out, tuple | list) or len(out) != 3 or not isinstance(out[2], int):
         raise ConfigError(
             f"data.name={cfg.name} returned {type(out).__name__}; return (train Dataset, test Dataset, num_classes)"

@@ -60,7 +60,13 @@ def user_backbone(name: str, input_shape: tuple[int, int, int], num_classes: int
     factory = load_factory(name, "model.name")
     channels, height, width = input_shape
     size = height if height == width else (height, width)
-    net = factory(in_channels=channels, num_classes=num_classes, image_size=size)
+    try:
+        net = factory(in_channels=channels, num_classes=num_classes, image_size=size)
+    except TypeError as err:  # most often a signature without these keywords
+        raise ConfigError(
+            f"model.name={name}: calling it with in_channels, num_classes and image_size failed ({err}); the factory "
+            "takes those keyword arguments (add **kwargs to ignore some)"
+        ) from err
     return backbone_from(net, f"model.name={name}", input_shape, num_classes)
 
 
@@ -102,15 +108,19 @@ def check_shared(parts: list[nn.Module], source: str) -> None:
                 )
 
 
+DRY_BATCH = 3  # samples in the dry forward: an odd count, so a tensor of that many rows is an activation
+
+
 def _held_tensors(part: nn.Module) -> dict[tuple[int, str], object]:
-    """Plain attributes of the unit's modules that hold tensors (parameters and buffers are not plain)."""
+    """Plain attributes of the unit's modules that hold activations: tensors (or lists/dicts of them) with one
+    row per sample. Parameters and buffers are not plain; a cache that is not per sample (a position table
+    built on first use) is the unit's own state, which a pipeline keeps with the unit."""
     held = {}
     for m in part.modules():
         for key, value in vars(m).items():
-            items = value.values() if isinstance(value, dict) else value if isinstance(value, list | tuple) else None
-            in_items = items is not None and any(isinstance(v, torch.Tensor) for v in items)
-            if isinstance(value, torch.Tensor) or in_items:
-                held[(id(m), key)] = (value, len(value) if items is not None else 0)
+            items = value.values() if isinstance(value, dict) else value if isinstance(value, list | tuple) else [value]
+            if any(isinstance(v, torch.Tensor) and v.ndim and len(v) == DRY_BATCH for v in items):
+                held[(id(m), key)] = (value, len(items))
     return held
 
 
@@ -120,10 +130,10 @@ def _changed(before, after) -> bool:
 
 
 def dry_forward(parts: list[nn.Module], source: str, input_shape: tuple, num_classes: int) -> list[tuple]:
-    """Per-unit output shapes (classifier excluded) from a real forward of a copy on two random samples, in
+    """Per-unit output shapes (classifier excluded) from a real forward of a copy on three random samples, in
     training mode, checking that every unit returns one tensor and keeps nothing for a later unit."""
     copies = copy.deepcopy(nn.ModuleList(parts)).to("cpu").train()
-    x = torch.rand(2, *input_shape, device="cpu")
+    x = torch.rand(DRY_BATCH, *input_shape, device="cpu")
     shapes = []
     with torch.no_grad():
         for i, part in enumerate(copies):
