@@ -135,3 +135,14 @@ def test_build_local_net_uses_the_configs_seed_for_a_user_factory():
 
     a, b = build_local_net(cfg, DataInfo(10, SHAPE)), build_local_net(cfg, DataInfo(10, SHAPE))
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+@pytest.mark.parametrize("balance", ["time", "memory"])
+def test_profiled_splits_cover_a_user_network(balance):
+    from pipelocal.data import DataInfo
+    from pipelocal.runtime.profile import split_for
+
+    cfg = tiny_config(USER, "--method.name=infopro", "--split.num_modules=3", f"--split.balance={balance}")
+    ranges, line = split_for(cfg, DataInfo(10, SHAPE), torch.device("cpu"))
+    assert len(ranges) == 3 and ranges[0][0] == 0 and ranges[-1][1] == 6, line
+    assert all(a < b and b == c for (a, b), (c, _) in zip(ranges, ranges[1:])), ranges  # contiguous, none empty
