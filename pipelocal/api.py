@@ -22,8 +22,8 @@ def train(
     model: str | Callable | nn.Sequential | list[nn.Module] | None = None,
     data: str | Callable | None = None,
 ) -> dict | None:
-    """Run one job; return its summary as a dict (the run folder, accuracy, time per epoch, ...; None on the
-    processes of a multi-process job other than rank 0).
+    """Run one job; return its summary as a dict (the fields of the run folder's summary.json: accuracy, samples/s,
+    per-stage figures, the config; None on the processes of a multi-process job other than rank 0).
 
     ``config``: a YAML path, a :class:`JobConfig`, or None for the default job. ``overrides``: ``section.key=value``
     strings, applied after it (``--`` in front is optional). ``model``: a ``model.name`` string, a factory
