@@ -34,6 +34,13 @@ from pipelocal.options import (
 )
 
 
+class OrFactory(tuple):
+    """Choices that also admit any ``package.module:function`` (a user's factory, models/user.py)."""
+
+    def __contains__(self, value) -> bool:
+        return (isinstance(value, str) and ":" in value) or super().__contains__(value)
+
+
 @dataclass
 class ModelConfig:
     name: str = option(
@@ -42,7 +49,9 @@ class ModelConfig:
         "cifar_vgg (VGG-BN, depth 11/13/16/19, global pool -> Linear); vgg11_bn, vgg13_bn, vgg16_bn, vgg19_bn "
         "(torchvision's, 224); vit_tiny_p4 (width 192, 3 heads, 4x4 patches, depth blocks: 28x28/32x32 inputs); "
         "vit_tiny, vit_small, vit_base (ViT-Ti/S/B with 16x16 patches, 224); a ViT name + _gap pools the mean of the "
-        "tokens instead of a class token",
+        "tokens instead of a class token; timm/NAME (a timm model, pip install pipelocal[timm]); "
+        "package.module:function (your factory: called with in_channels, num_classes, image_size, returns an "
+        "nn.Sequential of units, the classifier last; docs/own-model.md)",
     )
     depth: int = option(
         20,
@@ -61,15 +70,15 @@ class ModelConfig:
 class DataConfig:
     name: str = option(
         "fashion_mnist",
-        "dataset",
-        ("fashion_mnist", "mnist", "cifar10", "cifar100", "svhn", "stl10", "imagefolder", "synthetic"),
+        "dataset, or package.module:function returning (train Dataset, test Dataset, num_classes) (docs/own-model.md)",
+        OrFactory(("fashion_mnist", "mnist", "cifar10", "cifar100", "svhn", "stl10", "imagefolder", "synthetic")),
     )
     root: str | None = option(None, "dataset folder; default: the usual places (docs/methods.md#data)")
     download: bool = option(False, "let torchvision download the dataset into root (or ./data)")
     batch_size: int = option(128, "training batch size")
     eval_batch_size: int = option(512, "evaluation batch size")
     augment: bool = option(True, "random crop (+ flip where the recipe has it), docs/methods.md#recipes")
-    workers: int = option(2, "DataLoader workers for datasets read from disk per sample (imagefolder)")
+    workers: int = option(2, "DataLoader workers for datasets read per sample (imagefolder, package.module:function)")
     train_subset: int | None = option(None, "use only the first N training samples (quick runs)")
     test_subset: int | None = option(None, "use only the first N test samples (quick runs)")
     drop_last: bool = option(False, "drop the last, smaller training batch of an epoch")

@@ -17,7 +17,7 @@ import torch
 from pipelocal.checkpoint import CheckpointError, load_model_state, read_meta, resolve
 from pipelocal.config import ConfigError, JobConfig, _merge
 from pipelocal.data import DatasetNotFoundError, build_loaders
-from pipelocal.models import build_backbone
+from pipelocal.models import build_backbone, build_model, is_external
 from pipelocal.runtime import build_local_net
 from pipelocal.runtime.step import eval_step
 
@@ -55,10 +55,14 @@ def export_backbone(path: str | Path, out: str | Path | None = None, say=print) 
     meta, cfg = read_meta(ckpt), config_of(ckpt)
     state = backbone_names(load_model_state(ckpt), meta.get("module_units") or meta.get("ranges"))
     # The input channels and classes are in the weights; the stem's first conv and the classifier's Linear.
-    in_channels = next(v.shape[1] for k, v in state.items() if k.startswith("units.0.") and v.ndim == 4)
+    in_channels = next((v.shape[1] for k, v in state.items() if k.startswith("units.0.") and v.ndim == 4), None)
     num_classes = next(v.shape[0] for k, v in state.items() if k.startswith("classifier.") and v.ndim == 2)
-    with torch.device("meta"):  # only the names and shapes are needed: allocate and initialise nothing
-        backbone = build_backbone(cfg.model.name, cfg.model.depth, in_channels, num_classes, cfg.model.norm)
+    if is_external(cfg.model.name):  # a factory or timm model is built for the data's shape, on the CPU
+        info = build_loaders(cfg.data, torch.device("cpu"), cfg.train.seed)[2]
+        backbone = build_model(cfg.model.name, cfg.model.depth, info.input_shape, num_classes, cfg.model.norm)
+    else:
+        with torch.device("meta"):  # only the names and shapes are needed: allocate and initialise nothing
+            backbone = build_backbone(cfg.model.name, cfg.model.depth, in_channels, num_classes, cfg.model.norm)
     try:
         backbone.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as err:

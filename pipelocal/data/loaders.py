@@ -215,6 +215,10 @@ def build_loaders(cfg: DataConfig, device: torch.device, seed: int = 0):
     """Train loader, test loader and :class:`DataInfo` for ``cfg``."""
     if cfg.name == "imagefolder":
         return _folder_loaders(cfg, device, seed)
+    if ":" in cfg.name:  # package.module:function, the user's datasets
+        from pipelocal.data.user import user_loaders
+
+        return user_loaders(cfg, device, seed)
     train, test, classes = SOURCES.get(cfg.name)(cfg)
     if cfg.train_subset:
         train = Split(train.images[: cfg.train_subset], train.labels[: cfg.train_subset])

@@ -175,10 +175,7 @@ def replicated(groups: Groups, topo: Topology, timeout: timedelta) -> Groups:
     dp = mesh.get_group("dp")
     if dist.get_process_group_ranks(dp) != [topo.rank_of_replica(r) for r in range(topo.dp)]:
         raise RuntimeError(f"device mesh dp group {dist.get_process_group_ranks(dp)} is not this stage's replicas")
-    twins = [
-        host_group([s * topo.dp + r for r in range(topo.dp)], timeout)
-        for s in range(topo.pp)
-    ]
+    twins = [host_group([s * topo.dp + r for r in range(topo.dp)], timeout) for s in range(topo.pp)]
     return dataclasses.replace(groups, dp=dp, dp_host=twins[topo.stage_index], mesh=mesh)
 
 

@@ -14,6 +14,8 @@ end a conv group do), so the aux net halves the resolution at most once per samp
 may pool several times in between (a ResNet's sampled blocks likewise skip stages). ViT: a fresh transformer block
 per sampled block, always at the token width and count (stride 1); the classifier pools the tokens (mean) ->
 LayerNorm -> Linear, the ViT head's kind, without the BN1d of depth-1 nets (the LayerNorm normalises there).
+Networks from outside the package (a user's factory, timm) have no block builder: each block is a re-initialised
+copy of the mimicked unit, or of the nearest unit that takes the running shape to its output (models/user.py).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from torch import nn
 
 from pipelocal.methods.base import METHODS, Head, LocalMethod, token_layout, unit_shapes, width_of
 from pipelocal.models import TokenClassifier, init_weights
+from pipelocal.models.user import fresh_copies
 from pipelocal.options import ConfigError, option
 
 
@@ -95,8 +98,13 @@ class AugLocal(LocalMethod):
 
     def build_head(self, index):
         width = width_of(self.info, self.info.module_shapes[index])
+        plan, backbone = self.plan(index), self.info.backbone
+        if backbone.new_block is None:  # a network from outside the package: copies of the later units
+            after, units = self.info.module_ends[index], [u for u, _, _ in plan]
+            blocks = fresh_copies(backbone, after, units, self.info.input_shape)
+            return AugLocalHead(blocks, plan[-1][1], self.info.num_classes, token_layout(self.info) is not None)
         blocks = []
-        for _, out_width, stride in self.plan(index):
-            blocks.append(self.info.backbone.new_block(width, out_width, stride))
+        for _, out_width, stride in plan:
+            blocks.append(backbone.new_block(width, out_width, stride))
             width = out_width
         return AugLocalHead(blocks, width, self.info.num_classes, token_layout(self.info) is not None)

@@ -31,8 +31,9 @@ class Backbone(nn.Module):
     rule: a stage is a run of units at one resolution and width whose block 0 is where the width changes
     (``(0, 0)`` is a stem, where there is one). ``new_block(in_channels, out_channels, stride)`` builds a fresh,
     initialised block of the backbone's own kind (basic or bottleneck, a VGG conv layer, a transformer block),
-    for aux nets shaped like later units (AugLocal). ``tokens`` is None for conv nets, whose units pass (N, C, H, W)
-    maps; a ViT's units pass (N, T, D) tokens laid out as ``tokens`` says.
+    for aux nets shaped like later units (AugLocal); None for networks from outside the package (models/user.py),
+    whose AugLocal blocks are re-initialised copies of the later units. ``tokens`` is None for conv nets, whose
+    units pass (N, C, H, W) maps; a ViT's units pass (N, T, D) tokens laid out as ``tokens`` says.
     """
 
     def __init__(
@@ -40,7 +41,7 @@ class Backbone(nn.Module):
         units: list[nn.Module],
         classifier: nn.Module,
         positions: list[tuple[int, int]],
-        new_block: Callable[[int, int, int], nn.Module],
+        new_block: Callable[[int, int, int], nn.Module] | None,
         tokens: TokenLayout | None = None,
     ):
         super().__init__()

@@ -8,7 +8,7 @@ from torch import nn
 from pipelocal.config import JobConfig
 from pipelocal.data import DataInfo
 from pipelocal.methods import METHODS, CrossEntropyHead, Head, LocalMethod, NetInfo
-from pipelocal.models import Backbone, build_backbone
+from pipelocal.models import Backbone, build_model
 from pipelocal.options import mode_traits
 from pipelocal.split import module_ranges
 
@@ -67,7 +67,7 @@ class LocalNet(nn.Module):
 def backbone_for(cfg: JobConfig, data: DataInfo) -> Backbone:
     """The configured backbone, initialised from ``train.seed`` (so every rank builds the same one)."""
     torch.manual_seed(cfg.train.seed)
-    return build_backbone(cfg.model.name, cfg.model.depth, data.input_shape[0], data.num_classes, cfg.model.norm)
+    return build_model(cfg.model.name, cfg.model.depth, tuple(data.input_shape), data.num_classes, cfg.model.norm)
 
 
 def build_local_net(cfg: JobConfig, data: DataInfo, ranges: list[tuple[int, int]] | None = None) -> LocalNet:
