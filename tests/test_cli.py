@@ -69,9 +69,7 @@ def test_config_resolves_a_path_first_then_a_packaged_name(tmp_path, monkeypatch
     (tmp_path / "fmnist" / "infopro_k4.yaml").write_text("train: {epochs: 7}\n")
     assert resolve_config("fmnist/infopro_k4.yaml") == Path("fmnist/infopro_k4.yaml")
     assert config_from_argv(["--config", "fmnist/infopro_k4.yaml", "--mode=sequential"]).train.epochs == 7
-    with pytest.raises(
-        ConfigError, match=r"nor a packaged config name; did you mean 'fmnist/dgl_k4.yaml'"
-    ):
+    with pytest.raises(ConfigError, match=r"nor a packaged config name; did you mean 'fmnist/dgl_k4.yaml'"):
         resolve_config("fmnist/dgl_k5.yaml")
     assert len(packaged_names()) == len(list(CHECKOUT_CONFIGS.rglob("*.yaml")))
 
