@@ -1,9 +1,12 @@
 """Live per-stage metrics to rank 0 without a collective on the hot path (DESIGN §4, No stalls).
 
 Each rank > 0 has a reporter thread that sends its rows (float64 vectors) to rank 0 on the ``stats`` group, in
-order; the training loop only appends the row to a queue, so it never waits, and no row is dropped (a one-slot
-mailbox lost rows while the thread was mid-send: live.jsonl then missed steps). Rank 0 has one receiving thread per
-rank keeping the newest row (the console's table) and every row not yet written (live.jsonl).
+order; the training loop only appends the row to a queue, so it never waits, and no row is dropped. Rank 0 has one
+receiving thread per rank keeping the newest row (the console's table) and every row not yet taken: live.jsonl gets
+each row once. (It used to get a snapshot of the newest rows at rank 0's own intervals, so a stage that lags rank 0
+appeared late, twice when no newer row had come, and not at all when two had come between rank 0's intervals, with a
+one-slot mailbox replacing a row its reporter had not sent yet: the default job's stage 2 skipped step 100 and wrote
+150 twice.)
 Threads are needed because gloo's point-to-point ``Work.is_completed()`` only turns true inside
 ``wait()`` (pytorch/pytorch#30723, #41428), so there is no polling from the loop itself. Each rank's
 last row is marked final, so at the end no send or receive is left unmatched.

@@ -61,3 +61,20 @@ def test_provenance_names_versions_commit_host_and_command():
         head = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
         assert p["git_commit"].removesuffix("-dirty") == head
     assert p["host"] and p["cpu"] and "pytest" in p["command"]
+
+
+def test_a_timeline_without_matplotlib_says_so_in_one_line(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from pipelocal.run import train
+    from tests.conftest import tiny_config
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    cfg = tiny_config("--mode=sequential", "--train.max_steps=2", "--metrics.timeline=[0,1]", tmp_path=tmp_path)
+    cfg.metrics.console = "plain"
+    train(cfg)
+    run = next(tmp_path.iterdir())
+    assert (run / "timeline.json").is_file() and not (run / "timeline.png").exists()
+    said = [line for line in capsys.readouterr().out.splitlines() if "timeline.png" in line]
+    assert said == ["timeline.png not drawn: matplotlib is not installed (pip install 'pipelocal[plots]')"]
+    assert said[0] in (run / "log.txt").read_text()
