@@ -98,7 +98,7 @@ def row(spec: str, s: RunSummary, wall: dict) -> list:
         s.method,
         s.num_modules,
         s.final_top1,
-        f"{s.best_top1:.4f} ({s.best_epoch + 1})",
+        f"{s.best_top1:.4f} ({s.best_epoch})",
         round(s.samples_per_s_median, 1),
         f"{s.guidance_steps} / {s.steps}",
         round(s.train_seconds / 60, 1),

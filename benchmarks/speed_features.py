@@ -288,7 +288,7 @@ def accuracy_row(row: str, precision: str, o: Outcome, fp32: Outcome) -> list:
         name,
         precision,
         s.final_top1,
-        f"{s.best_top1:.4f} ({s.best_epoch + 1})",
+        f"{s.best_top1:.4f} ({s.best_epoch})",
         round(100 * (s.final_top1 - base.final_top1), 2) if compare else None,
         round(100 * (s.best_top1 - base.best_top1), 2) if compare else None,
         round(s.samples_per_s_median, 1),

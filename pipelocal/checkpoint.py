@@ -34,6 +34,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
+from pipelocal.metrics.run_files import provenance
 from pipelocal.metrics.timeline import TIMELINE
 
 FORMAT = 1
@@ -264,6 +265,7 @@ class Saver:
                 "history": [record.to_dict() for record in history],
                 "config": dataclasses.asdict(self.cfg),
                 "written": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "provenance": provenance(),
             }
         return save(self.root, step, state, meta, self.group if topo.distributed else None, self.cfg.checkpoint.keep)
 

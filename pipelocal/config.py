@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -425,6 +426,21 @@ def _check_method(cfg: JobConfig) -> None:
 # ---------------------------------------------------------------------------------------------- loading
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 as PyYAML reads it, except that 1e-3 and 5E4 are numbers (YAML 1.1 wants 1.0e-3): the values
+    people type for learning rates, in a file or on the command line."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"), list("-+0123456789.")
+)
+
+
+def read_yaml(text: str) -> Any:
+    """Parse YAML text as config values (scientific notation as numbers)."""
+    return yaml.load(text, Loader=_Loader)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> JobConfig:
     """Defaults, then the YAML file, then ``--section.key=value`` overrides; validated."""
     cfg = JobConfig()
@@ -434,7 +450,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         except OSError as err:
             raise ConfigError(f"config file {path}: {err.strerror} (check the --config path)") from err
         try:
-            values = yaml.safe_load(text) or {}
+            values = read_yaml(text) or {}
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             where = f", line {mark.line + 1} column {mark.column + 1}" if mark else ""
@@ -445,7 +461,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         _merge(cfg, values, prefix="")
     for item in overrides or []:
         key, value = _split_override(item)
-        set_key(cfg, key, yaml.safe_load(value) if value != "" else None)
+        set_key(cfg, key, read_yaml(value) if value != "" else None)
     return cfg.validate()
 
 
@@ -469,24 +485,11 @@ def dump_yaml(cfg: JobConfig, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
-def help_text() -> str:
-    """Every section and key with its default and help, for ``--help``."""
-    lines = []
-    for f in dataclasses.fields(JobConfig):
-        default = getattr(JobConfig(), f.name)
-        if dataclasses.is_dataclass(default):
-            lines.append(f"\n{f.name}:")
-            for sub in dataclasses.fields(default):
-                lines.append(_help_line(f"  --{f.name}.{sub.name}", getattr(default, sub.name), sub))
-        else:
-            lines.append(_help_line(f"--{f.name}", default, f))
-    return "\n".join(lines)
+def help_text(cfg: JobConfig | None = None, width: int = 100) -> str:
+    """Every key with its value in ``cfg`` (default: the dataclass defaults), choices and help (cli.py's)."""
+    from pipelocal.cli import help_text as text  # cli.py imports this module
 
-
-def _help_line(flag: str, default: Any, f: dataclasses.Field) -> str:
-    choices = f.metadata.get("choices")
-    allowed = f" {{{', '.join(choices)}}}" if choices else ""
-    return f"{flag:34s} {f.metadata.get('help', '')}{allowed} [default: {default}]"
+    return text(cfg, width)
 
 
 def _merge(node: Any, values: dict, prefix: str) -> None:

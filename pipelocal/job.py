@@ -96,6 +96,8 @@ def write_timeline(topo: Topology, groups, console: Console, run_dir: Path) -> N
     if ranks is None:
         return
     path = timeline.write(ranks, run_dir)
+    if not (run_dir / "timeline.png").exists():  # asked for (metrics.timeline), so say why it is missing
+        console.print("timeline.png not drawn: matplotlib is not installed (pip install 'pipelocal[plots]')")
     spans = sum(len(r["spans"]) for r in ranks)
     trained = sum(dur for r in ranks for name, _, dur, _ in r["spans"] if name == "train") * 1e3  # ns
     cost = sum(r["cost_ns"] for r in ranks) + spans * timeline.span_cost_ns()

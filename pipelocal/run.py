@@ -1,39 +1,28 @@
 """Entry point: parse the config, run the job (job.py), exit with a code that says what went wrong.
 
-python -m pipelocal.run --config configs/fmnist/infopro_k4.yaml --train.epochs=1
+pipelocal --config fmnist/infopro_k4.yaml --train.epochs 1   (the same: python -m pipelocal.run ...)
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import traceback
-from pathlib import Path
 
 import torch
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from pipelocal.checkpoint import CheckpointError
-from pipelocal.config import ConfigError, help_text, load_config
+from pipelocal.cli import config_from_argv
+from pipelocal.config import ConfigError
 from pipelocal.data import DatasetNotFoundError
 from pipelocal.job import check_single_process, run_job  # noqa: F401  (check_single_process: part of the API)
 from pipelocal.preemption import PREEMPTED, Preempted
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
-
 
 def parse_args(argv: list[str]):
-    parser = argparse.ArgumentParser(
-        prog="python -m pipelocal.run",
-        description="Train a network as K local modules. Any config key can be overridden as --section.key=value.",
-        epilog="config keys:\n" + help_text(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--config", help="YAML config (default: configs/default.yaml when it exists)")
-    args, overrides = parser.parse_known_args(argv)
-    path = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
-    return load_config(path, overrides)
+    """The validated job config of a command line (cli.py); ``--help`` prints the keys and exits 0."""
+    return config_from_argv(argv)
 
 
 def train(cfg) -> dict:

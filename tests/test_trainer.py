@@ -1,5 +1,6 @@
 """The sequential protocol and the trainer, end to end on tiny data."""
 
+import csv
 import json
 import os
 from pathlib import Path
@@ -72,9 +73,22 @@ def test_sequential_infopro_k4_learns_on_synthetic(tmp_path):
     assert summary["final_top1"] > 0.6  # measured 0.91 in 64 steps; 10 classes, chance is 0.1
     run = next(tmp_path.iterdir())
     epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [e["epoch"] for e in epochs if e["kind"] == "epoch"] == [0, 1, 2, 3]
+    assert [e["epoch"] for e in epochs if e["kind"] == "epoch"] == [1, 2, 3, 4]
     assert (run / "config.yaml").exists() and (run / "summary.json").exists()
     assert len(summary["saved_bytes_peak"]) == 4 and min(summary["saved_bytes_peak"]) > 0
+    # One epoch numbering: summary.json's best_epoch is the metrics.jsonl epoch with the best top-1, and the
+    # console (log.txt) says the same number; summary.csv has the same epochs and accuracies.
+    evaluated = [e for e in epochs if e["kind"] == "epoch"]
+    best = max(evaluated, key=lambda e: e["test_top1"])
+    assert summary["best_epoch"] == best["epoch"]
+    assert f"(epoch {best['epoch']})" in next(x for x in (run / "log.txt").read_text().splitlines() if "best test" in x)
+    rows = list(csv.DictReader((run / "summary.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    assert [float(r["test_top1"]) for r in rows] == pytest.approx([e["test_top1"] for e in evaluated], rel=1e-5)
+    assert all(float(r["lr"]) > 0 and r["loss_m3"] for r in rows)
+    assert summary["provenance"]["torch"] == torch.__version__
+    meta = json.loads(sorted((run / "checkpoints").glob("*/meta.json"))[-1].read_text())
+    assert meta["provenance"]["torch"] == torch.__version__ and meta["provenance"]["command"]
 
 
 def test_local_learning_saves_activation_memory_against_e2e(tmp_path):

@@ -56,7 +56,7 @@ def epoch_line(record: dict, rate_where: str = "") -> str:
     probes = " ".join("-" if a is None else f"{a:.3f}" for a in record.get("module_top1") or [])
     text = f"test top-1 {acc:.4f}  per-module [{probes}]" if acc is not None else "no eval"
     where = f" {rate_where}" if rate_where else ""
-    return f"epoch {record['epoch'] + 1}: {text}  {record['samples_per_s']:.1f} samples/s{where}"
+    return f"epoch {record['epoch']}: {text}  {record['samples_per_s']:.1f} samples/s{where}"
 
 
 STAGE_COLUMNS = ["stage", "samples/s", "util", "wait recv", "wait send", "staleness", "loss", "saved MiB"]
@@ -83,8 +83,10 @@ class Console:
         self.kind = resolve_kind(kind)
         self._rich = RichConsole(highlight=False) if self.kind == "rich" else None
         self._live = None
+        self.file = ConsoleFile()  # log.txt, once the run folder exists (RunLog opens it on rank 0), even with none
 
     def print(self, message: str) -> None:
+        self.file.write(message)
         if self.kind == "none":
             return
         if self._rich:
@@ -109,15 +111,20 @@ class Console:
             ]
             with Progress(*columns, console=self._rich, transient=False) as bar:
                 task = bar.add_task(title, total=total, info="", run="-")
-                yield lambda step, fields, run_left=None: bar.update(
-                    task, completed=step, info=format_fields(fields), run=format_duration(run_left)
-                )
+
+                def redraw(step: int, fields: dict, run_left: float | None = None) -> None:
+                    bar.update(task, completed=step, info=format_fields(fields), run=format_duration(run_left))
+                    self.file.write(
+                        f"{title} {step}/{total}  {format_fields(fields)}  run eta {format_duration(run_left)}"
+                    )
+
+                yield redraw
             return
         start = time.perf_counter()
 
         def update(step: int, fields: dict, run_left: float | None = None) -> None:
-            if self.kind == "none" or step == 0:
-                return
+            if step == 0:
+                return  # (with kind none, print still copies the line to log.txt)
             eta = remaining_s(step, total - step, time.perf_counter() - start)
             run = f"  run eta {format_duration(run_left)}" if run_left is not None else ""
             self.print(f"{title} {step}/{total}  {format_fields(fields)}  eta {format_duration(eta)}{run}")
@@ -127,7 +134,10 @@ class Console:
     def stage_table(self, title: str, rows: list[list]) -> None:
         """The all-stage table (pipeline mode): redrawn in place on a terminal, plain lines otherwise."""
         columns = STAGE_COLUMNS
-        if self.kind != "rich":
+        if self.kind == "rich":  # log.txt gets the plain lines of what the terminal redraws in place
+            for row in rows:
+                self.file.write(f"{title} | " + "  ".join(f"{c} {_cell(v)}" for c, v in zip(columns, row)))
+        else:
             for row in rows:
                 self.print(f"{title} | " + "  ".join(f"{c} {_cell(v)}" for c, v in zip(columns, row)))
             return
@@ -148,9 +158,9 @@ class Console:
 
     def table(self, title: str, columns: list[str], rows: list[list]) -> None:
         """A small table: rich on a terminal, aligned text otherwise."""
-        if self.kind == "none":
-            return
         if self._rich:
+            for line in [title, "  ".join(columns)] + ["  ".join(_cell(v) for v in row) for row in rows]:
+                self.file.write(line)
             table = Table(title=title)
             for c in columns:
                 table.add_column(c, justify="right")
@@ -171,3 +181,26 @@ def _cell(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
+
+
+class ConsoleFile:
+    """log.txt: every line the console shows (plain text), from the start of the run. Lines printed before the
+    run folder exists wait in memory and are written when it opens."""
+
+    def __init__(self):
+        self._file = None
+        self._early: list[str] = []
+
+    def open(self, path) -> None:
+        # Line-buffered and left open to the process's end: a crash keeps what was shown, and lines printed after
+        # the summary (the timeline's) still land. Appended: a resumed run continues its log.
+        self._file = open(path, "a", buffering=1)
+        for line in self._early:
+            self._file.write(line + "\n")
+        self._early = []
+
+    def write(self, text: str) -> None:
+        if self._file is not None:
+            self._file.write(text + "\n")
+        elif len(self._early) < 10_000:
+            self._early.append(text)

@@ -54,7 +54,7 @@ def closing_report(summary: RunSummary, console: Console) -> None:
         console.table("per-module peak saved activations (MiB)", ["module", "units", "MiB"], modules)
     where = "at the last stage" if len(stages) > 1 else ""
     final, best = summary.final_top1, summary.best_top1
-    best_text = "-" if best is None else f"{best:.4f} (epoch {summary.best_epoch + 1})"
+    best_text = "-" if best is None else f"{best:.4f} (epoch {summary.best_epoch})"
     console.print(
         f"final test top-1 {_acc(final)} | best test top-1 {best_text} | "
         f"{summary.samples_per_s_median:.1f} samples/s {where} (median epoch)".replace("  ", " ")

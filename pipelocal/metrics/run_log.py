@@ -24,6 +24,7 @@ from pipelocal.metrics.console import Console, epoch_line, format_duration, rema
 from pipelocal.metrics.jsonl import JsonlWriter
 from pipelocal.metrics.live import LiveCollector, LiveReporter, LiveRow
 from pipelocal.metrics.report import closing_report, trained_line
+from pipelocal.metrics.run_files import provenance, write_summary_csv
 from pipelocal.metrics.stats import EpochRecord, StageStats
 from pipelocal.metrics.summary import RunSummary
 from pipelocal.metrics.tensorboard import TensorBoardLog
@@ -42,6 +43,8 @@ class RunLog:
         reports = distributed and topo.rank in topo.other_ranks()
         self.reporter = LiveReporter(stats_group) if reports else None
         self.log = JsonlWriter(self.run_dir / "metrics.jsonl") if coordinator else None
+        if coordinator:
+            console.file.open(self.run_dir / "log.txt")
         self.live = JsonlWriter(self.run_dir / "live.jsonl") if coordinator else None
         self.history = [EpochRecord.from_dict(r) for r in history]  # epochs before a resume (from the checkpoint)
         tensorboard = coordinator and cfg.metrics.tensorboard
@@ -60,6 +63,7 @@ class RunLog:
         with self.console.progress(title, steps) if one_stage else _no_progress() as update:
 
             def on_step(stats: StageStats, result, current_waits, lr: float) -> None:
+                self.lr = lr  # every step: the epoch's record carries its last step's rate
                 if stats.steps % self.every and stats.steps != steps:
                     return
                 if self.reporter is None and not self.topo.is_coordinator:
@@ -68,16 +72,15 @@ class RunLog:
                     torch.cuda.synchronize(self.topo.device)
                 waits_now = current_waits()
                 elapsed = time.perf_counter() - start
-                row = _live_row(epoch, steps, stats, result, elapsed, waits, waits_now)
+                row = _live_row(epoch, steps, stats, result, elapsed, waits, waits_now, lr)
                 if self.reporter is not None:
                     self.reporter.report(row)
                     return
                 rows = {0: row, **(self.collector.poll() if self.collector else {})}
-                for k in sorted(rows):
-                    self.live.write({"kind": "live", **rows[k].__dict__})
+                self._write_live([row])
                 if self.tensorboard is not None:
                     self.tensorboard.live([rows[k] for k in sorted(rows)])
-                self.lr, left = lr, self.clock.remaining_s(epoch, stats.steps)
+                left = self.clock.remaining_s(epoch, stats.steps)
                 if one_stage:
                     update(stats.steps, {"loss": row.loss, "lr": lr, "samples/s": round(row.samples_per_s, 1)}, left)
                 else:
@@ -86,6 +89,12 @@ class RunLog:
                     self.console.stage_table(f"{title} step {stats.steps}/{steps}  {when}", cells)
 
             yield on_step
+
+    def _write_live(self, own: list[LiveRow]) -> None:
+        """live.jsonl: rank 0's row and every row the other stages sent since (each once); epochs from 1."""
+        rows = own + (self.collector.take() if self.collector else [])
+        for row in sorted(rows, key=lambda r: (r.epoch, r.step, r.stage)):
+            self.live.write({"kind": "live", **row.__dict__, "epoch": row.epoch + 1})
 
     def end_epoch(self, epoch: int, stats: StageStats) -> None:
         """Gather every stage's epoch to rank 0 (the pipeline is drained here), which logs and prints it."""
@@ -96,8 +105,10 @@ class RunLog:
         if not self.topo.is_coordinator:
             return
         record = EpochRecord.of(epoch, gathered)
+        record.lr = self.lr
         self.log.write(record.to_dict())
         self.history.append(record)
+        write_summary_csv(self.history, self.run_dir / "summary.csv")
         if self.tensorboard is not None:
             self.tensorboard.epoch(record, (epoch + 1) * self.clock.steps, self.lr)
         left = self.clock.end_epoch(epoch)
@@ -115,6 +126,7 @@ class RunLog:
             return None
         if self.collector is not None:
             self.collector.drain()
+            self._write_live([])
         self.log.close()
         self.live.close()
         if self.tensorboard is not None:
@@ -124,6 +136,7 @@ class RunLog:
         summary = RunSummary.of(
             to_dict(self.cfg), self.history, module_units, backend, str(self.topo.device), torch.get_num_threads()
         )
+        summary.provenance = provenance()
         summary.write(self.run_dir / "summary.json")
         closing_report(summary, self.console)
         self.console.print(trained_line(self.clock.epochs_done, self.clock.elapsed_s(), self.clock.expected_s))
@@ -165,7 +178,7 @@ class RunClock:
         return left
 
 
-def _live_row(epoch, steps, stats: StageStats, result, elapsed: float, waits, waits_now) -> LiveRow:
+def _live_row(epoch, steps, stats: StageStats, result, elapsed: float, waits, waits_now, lr: float) -> LiveRow:
     recv = (waits_now[0] - waits[0]) / elapsed
     send = (waits_now[1] - waits[1]) / elapsed
     loss = result.losses[-1].item() if result is not None and result.losses else 0.0  # host sync, per interval only
@@ -181,6 +194,7 @@ def _live_row(epoch, steps, stats: StageStats, result, elapsed: float, waits, wa
         staleness=statistics.fmean(stats.staleness) if stats.staleness else 0.0,
         loss=loss,
         saved_mib=max(stats.saved_peak or [0]) / 2**20,
+        lr=float(lr),
     )
 
 

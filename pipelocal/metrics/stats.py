@@ -229,22 +229,24 @@ class StageEpoch:
 class EpochRecord:
     """One JSONL line: every stage's epoch, the throughput at the last stage, and the evaluation if it ran."""
 
-    epoch: int
+    epoch: int  # 1 = the first, as the console counts (every file of the run folder counts so)
     stages: list[StageEpoch]
     samples_per_s: float
     test_top1: float | None = None
     module_top1: list[float | None] | None = None
     kind: str = "epoch"
+    lr: float | None = None  # the learning rate of the epoch's last step (None: a record from before it was kept)
 
     @classmethod
     def of(cls, epoch: int, gathered: list[StageStats]) -> EpochRecord:
-        """``gathered``: every rank's figures in rank order (a stage's replicas side by side: merged here)."""
+        """``epoch``: the trainer's index (0 = the first); ``gathered``: every rank's figures in rank order (a stage's
+        replicas side by side: merged here)."""
         by_stage: dict[int, list[StageStats]] = {}
         for g in gathered:
             by_stage.setdefault(g.stage, []).append(g)
         gathered = [StageStats.merge(by_stage[s]) for s in sorted(by_stage)]
         stages = [StageEpoch.of(g) for g in gathered]
-        record = cls(epoch, stages, stages[-1].samples_per_s)
+        record = cls(epoch + 1, stages, stages[-1].samples_per_s)
         if gathered[0].correct:  # evaluated: each stage counted its own heads' correct predictions
             correct = [c for g in gathered for c in g.correct]
             acc = accuracies(correct, gathered[-1].eval_samples)

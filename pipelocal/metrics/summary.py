@@ -108,7 +108,7 @@ class RunSummary:
     module_units: list[list[int]]  # unit range [start, end) of each module
     final_top1: float | None
     best_top1: float | None
-    best_epoch: int | None
+    best_epoch: int | None  # 1 = the first epoch
     samples_per_s_median: float  # at the last stage, median over epochs
     train_seconds: float  # the slowest stage's training wall time, summed over epochs
     steps: int  # training steps of the first stage (what the data loader produced)
@@ -121,6 +121,7 @@ class RunSummary:
     backend: str
     torch_threads: int
     config: dict = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)  # versions, git commit, host, hardware, command (run_files.py)
 
     @classmethod
     def of(cls, cfg_dict: dict, history: list[EpochRecord], module_units, backend: str, device: str, threads: int):

@@ -162,7 +162,7 @@ def write(ranks: list[dict], run_dir: Path) -> Path:
     try:
         draw(ranks, Path(run_dir) / "timeline.png", start)
     except ImportError:
-        pass  # matplotlib is the benchmarks' extra: the JSON is the timeline, the PNG its picture
+        pass  # matplotlib is the plots extra: the JSON is the timeline, the PNG its picture (job.py says it is missing)
     return path
 
 

@@ -56,7 +56,7 @@ def test_baselines_reject_local_methods(tmp_path):
 def test_baselines_train_and_evaluate_over_several_epochs(runs_p2, mode):
     """Two epochs, evaluation after each, a partial last test batch (100 = 3 x 32 + 4)."""
     epochs = [json.loads(line) for line in (runs_p2 / f"{mode}-epochs" / "metrics.jsonl").read_text().splitlines()]
-    assert [e["epoch"] for e in epochs] == [0, 1] and all(0 <= e["test_top1"] <= 1 for e in epochs)
+    assert [e["epoch"] for e in epochs] == [1, 2] and all(0 <= e["test_top1"] <= 1 for e in epochs)
 
 
 @pytest.mark.parametrize("mode", ["ddp", "gpipe", "1f1b"])

@@ -85,12 +85,23 @@ def test_partial_last_batch_and_stop(tmp_path):
         "--data.synthetic_test=130",
         f"--metrics.out_dir={tmp_path}",
         "--metrics.run_name=p",
+        "--metrics.log_every=2",
     )
     assert out.returncode == 0, out.stderr[-3000:]
+    # live.jsonl: each stage's rows at exactly every log_every steps (and the epoch's last step), each once,
+    # with the step's learning rate (a one-slot mailbox used to drop rows and rank 0 rewrote stale ones).
+    live = [json.loads(x) for x in (tmp_path / "p" / "live.jsonl").read_text().splitlines()]
+    for stage in (0, 1):
+        for epoch in (1, 2):
+            steps = [r["step"] for r in live if (r["stage"], r["epoch"]) == (stage, epoch)]
+            assert steps == [2, 4, 6, 8, 10, 11], (stage, epoch, steps)  # 330 samples: 11 steps of 32
+    cfg = tiny_config(*TINY, "--train.epochs=2")
+    for r in live:
+        assert r["lr"] == pytest.approx(lr_for_step(cfg, r["epoch"] - 1, r["step"] - 1, 11))
     summary = json.loads((tmp_path / "p" / "summary.json").read_text())
     assert summary["final_top1"] is not None and len(summary["stages"]) == 2
     lines = [json.loads(x) for x in (tmp_path / "p" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in lines] == [0, 1]
+    assert [r["epoch"] for r in lines] == [1, 2]
     assert "final test top-1" in out.stdout
 
 

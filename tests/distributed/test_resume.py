@@ -109,7 +109,7 @@ def test_async_guidance_resumes_from_a_drained_checkpoint(four):
     )
     assert ours["guidance_steps"] == theirs["guidance_steps"] == 4
     resumed = read_epochs(four / "infopro-async-resumed")[-1]
-    assert resumed.epoch == 1 and resumed.stages[0].guided_steps == 2 and resumed.test_top1 is not None
+    assert resumed.epoch == 2 and resumed.stages[0].guided_steps == 2 and resumed.test_top1 is not None
 
 
 def test_a_p2_checkpoint_resumes_at_p4_and_in_one_process(two, four, tmp_path):

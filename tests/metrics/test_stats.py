@@ -47,7 +47,7 @@ def test_summary_takes_medians_and_the_first_best(tmp_path):
     cfg = {"mode": "pipeline", "method": {"name": "dgl"}}
     summary = RunSummary.of(cfg, history, [[0, 2], [2, 4]], "gloo", "cpu", 1)
     assert summary.samples_per_s_median == median([10.0, 30.0, 40.0, 20.0]) == 25.0  # mean of the middle two
-    assert (summary.best_top1, summary.best_epoch, summary.final_top1) == (0.9, 0, None)
+    assert (summary.best_top1, summary.best_epoch, summary.final_top1) == (0.9, 1, None)  # the first epoch
     assert summary.saved_bytes_peak == [100, 200] and summary.steps == 16
     summary.write(tmp_path / "summary.json")
     back = RunSummary.load(tmp_path)
