@@ -131,7 +131,7 @@ def init_distributed(
     if not launched_by_torchrun():
         raise ConfigError(
             "mode=pipeline runs one process per stage: start it with torchrun, e.g. "
-            "torchrun --nproc_per_node=4 --standalone -m pipelocal.run --mode=pipeline"
+            "torchrun --nproc_per_node=4 -m pipelocal.run --mode=pipeline (on one machine, add --standalone)"
         )
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
