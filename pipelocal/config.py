@@ -409,6 +409,14 @@ def _check_replicas(cfg: JobConfig) -> None:
         )
     if cfg.pipeline.sync_batchnorm and cfg.model.norm != "batch":
         raise ConfigError(f"pipeline.sync_batchnorm=true needs model.norm=batch (it is {cfg.model.norm})")
+    method = cfg.method
+    infopro_heads = method.name == "infopro" or (method.name == "mlaan" and getattr(method, "base", "") == "infopro")
+    if infopro_heads and getattr(method, "loss", "") == "contrast":
+        # Its pairs would be taken within each replica's shard, not over the global batch: another loss.
+        raise ConfigError(
+            f"method.loss=contrast with pipeline.replicas={replicas}: each replica would contrast only its own "
+            "shard of the batch; use method.loss=softmax, or pipeline.replicas=1"
+        )
 
 
 def _check_method(cfg: JobConfig) -> None:

@@ -9,27 +9,36 @@ from pipelocal.config import ConfigError, SplitConfig
 
 Range = tuple[int, int]
 
-# InfoPro's tables (docs/methods.md#splits): a module ends after each listed (stage, block) position.
+# InfoPro's tables (its released code, networks/configs.py; docs/methods.md#splits): a module ends after each
+# listed (stage, block) position.
 _R32 = {
     2: [(2, 1)],
+    3: [(1, 4), (2, 4)],
     4: [(1, 2), (2, 1), (3, 0)],
     8: [(1, 0), (1, 2), (1, 4), (2, 1), (2, 3), (3, 0), (3, 2)],
     16: [(0, 0)] + [(1, b) for b in range(5)] + [(2, b) for b in range(5)] + [(3, b) for b in range(4)],
 }
 _R110 = {
     2: [(2, 8)],
+    3: [(1, 17), (2, 17)],
     4: [(1, 11), (2, 7), (3, 3)],
     8: [(1, 4), (1, 11), (2, 0), (2, 7), (2, 14), (3, 3), (3, 10)],
     16: [(1, 1), (1, 4), (1, 7), (1, 10), (1, 13), (1, 16), (2, 1), (2, 4), (2, 7), (2, 11), (2, 15)]
     + [(3, 1), (3, 5), (3, 9), (3, 13)],
 }
-_R110_STAR = {2: [(1, 14)], 3: [(1, 9), (2, 2)], 4: [(1, 6), (1, 14), (2, 8)]}
+# InfoPro* (memory-balanced, InfoPro_balanced_memory there): one table per dataset; they differ at K = 3.
+_R110_STAR = {
+    "cifar10": {2: [(1, 14)], 3: [(1, 9), (2, 2)], 4: [(1, 6), (1, 14), (2, 8)]},
+    "stl10": {2: [(1, 14)], 3: [(1, 8), (2, 1)], 4: [(1, 6), (1, 14), (2, 8)]},
+}
 
-TABLES: dict[tuple[str, int], dict[int, list[tuple[int, int]]]] = {
+# (table, depth) -> K -> ends, the same for every dataset; or -> dataset -> K -> ends (PER_DATASET).
+TABLES: dict[tuple[str, int], dict] = {
     ("infopro", 32): _R32,
     ("infopro", 110): _R110,
     ("infopro_star", 110): _R110_STAR,
 }
+PER_DATASET = {"infopro_star"}
 
 
 def ranges_from_boundaries(boundaries: list[int], num_units: int) -> list[Range]:
@@ -57,11 +66,27 @@ def uniform_ranges(num_units: int, num_modules: int) -> list[Range]:
     return ranges_from_boundaries(ends, num_units)
 
 
-def table_ranges(table: str, depth: int, num_modules: int, positions: list[tuple[int, int]]) -> list[Range]:
-    """The published split of ``table`` for a ResNet of ``depth`` at K = ``num_modules``."""
+def published_ends(table: str, depth: int, dataset: str | None) -> dict[int, list[tuple[int, int]]] | None:
+    """K -> the (stage, block) positions modules end at, as the authors published ``table`` for ``depth`` (and,
+    for a per-dataset table, ``dataset``); None where they published none."""
     known = TABLES.get((table, depth))
+    if known is None or table not in PER_DATASET:
+        return known
+    if dataset not in known:
+        raise ConfigError(
+            f"split.table={table}: the authors published it for {', '.join(sorted(known))} only, not for "
+            f"data.name={dataset}; use split.table=infopro, split.balance=memory or split.boundaries"
+        )
+    return known[dataset]
+
+
+def table_ranges(
+    table: str, depth: int, num_modules: int, positions: list[tuple[int, int]], dataset: str | None = None
+) -> list[Range]:
+    """The published split of ``table`` for a ResNet of ``depth`` at K = ``num_modules`` (on ``dataset``)."""
+    known = published_ends(table, depth, dataset)
     if known is None or num_modules not in known:
-        have = sorted(f"{t} R-{d} K={k}" for (t, d), ks in TABLES.items() for k in ks)
+        have = sorted(f"{t} R-{d} K={k}" for (t, d), ks in TABLES.items() for k in _ks(t, ks))
         raise ConfigError(
             f"no split table '{table}' for depth {depth} at K={num_modules}; tables exist for: {', '.join(have)}. "
             "Use split.balance=uniform or split.boundaries instead"
@@ -76,6 +101,10 @@ def table_ranges(table: str, depth: int, num_modules: int, positions: list[tuple
     return ranges_from_boundaries([index[pos] for pos in known[num_modules]], len(positions))
 
 
+def _ks(table: str, known: dict) -> set[int]:
+    return {k for d in known.values() for k in d} if table in PER_DATASET else set(known)
+
+
 def check_k(num_units: int, num_modules: int) -> None:
     if num_modules > num_units:
         raise ConfigError(
@@ -84,13 +113,15 @@ def check_k(num_units: int, num_modules: int) -> None:
         )
 
 
-def module_ranges(cfg: SplitConfig, num_units: int, depth: int, positions: list[tuple[int, int]]) -> list[Range]:
-    """The split the config asks for."""
+def module_ranges(
+    cfg: SplitConfig, num_units: int, depth: int, positions: list[tuple[int, int]], dataset: str | None = None
+) -> list[Range]:
+    """The split the config asks for (``dataset``: data.name, which picks a per-dataset table)."""
     check_k(num_units, cfg.num_modules)
     if cfg.boundaries is not None:
         return ranges_from_boundaries(cfg.boundaries, num_units)
     if cfg.balance == "table":
-        return table_ranges(cfg.table, depth, cfg.num_modules, positions)
+        return table_ranges(cfg.table, depth, cfg.num_modules, positions, dataset)
     return uniform_ranges(num_units, cfg.num_modules)
 
 

@@ -54,7 +54,7 @@ def test_the_section_dumps_flat_with_the_same_keys():
     # Run directories and benchmarks read these keys from config.yaml; the order of the groups may change.
     keys = (
         "name loss lambdas temperature aux_net aux_depth depth_decay wx wy cascade_span ema_momentum ema_sync_every "
-        "ema_update base head"
+        "ema_update ema_timing base head"
     )
     assert sorted(to_dict(JobConfig())["method"]) == sorted(keys.split())
 

@@ -56,7 +56,7 @@ def _same(a: Path, b: Path) -> None:
     assert (ours["final_top1"], ours["best_top1"], ours["steps"]) == (
         theirs["final_top1"],
         theirs["best_top1"],
-        ours["steps"],
+        theirs["steps"],
     )
 
 

@@ -43,9 +43,10 @@ def test_infopro_tables(depth, k, sizes):
 
 def test_infopro_star_tables_put_early_cuts_first():
     net = build_backbone("cifar_resnet", 110, 3, 10)
-    assert _sizes(table_ranges("infopro_star", 110, 2, net.positions)) == [16, 39]  # [1,14] = unit 15
-    assert _sizes(table_ranges("infopro_star", 110, 3, net.positions)) == [11, 11, 33]  # units 10, 21
-    assert _sizes(table_ranges("infopro_star", 110, 4, net.positions)) == [8, 8, 12, 27]  # units 7, 15, 27
+    assert _sizes(table_ranges("infopro_star", 110, 2, net.positions, "cifar10")) == [16, 39]  # [1,14] = unit 15
+    assert _sizes(table_ranges("infopro_star", 110, 3, net.positions, "cifar10")) == [11, 11, 33]  # units 10, 21
+    assert _sizes(table_ranges("infopro_star", 110, 4, net.positions, "cifar10")) == [8, 8, 12, 27]  # 7, 15, 27
+    assert _sizes(table_ranges("infopro_star", 110, 3, net.positions, "stl10")) == [10, 11, 34]  # [1,8] [2,1]
 
 
 def test_missing_table_lists_what_exists():

@@ -243,7 +243,9 @@ def test_mlaan_leap_module_on_vit_copies_later_blocks_with_an_ema():
     with torch.no_grad():
         live.attn.qkv.weight.add_(1.0)
     before = head.ema.attn.qkv.weight.clone()
-    head.after_step(net.unit)
+    head.after_step(net.unit)  # ema_timing pre_step: refreshed from the weights this step began with
+    assert torch.allclose(head.ema.attn.qkv.weight, before, atol=1e-6)
+    head.after_step(net.unit)  # the next step's refresh reads the moved weights
     assert torch.allclose(head.ema.attn.qkv.weight, before + 0.005, atol=1e-6)  # (1 - m) of the step
 
 

@@ -1,11 +1,13 @@
 """BatchNorm with statistics over the whole data-parallel batch, on CPU/gloo and CUDA/NCCL alike.
 
 ``torch.nn.SyncBatchNorm`` refuses CPU tensors, so the same code could not run on gloo. Here, in training, each
-replica sums its input and its squares per channel (in fp32 at least, even under bf16 autocast) and counts its
-rows (N*H*W, or N for BatchNorm1d: the aux heads' MLPs); one all-reduce with a backward (:class:`_AllReduce`)
-makes them global, so shards of uneven size are weighted by their
-counts and the backward is exact: gradients reach every replica's inputs through the global statistics. The
-forward is a collective: every replica of the group must run the same forwards, in the same order.
+replica takes its rows' count (N*H*W, or N for BatchNorm1d: the aux heads' MLPs), mean and M2 (the sum of squared
+deviations from that mean, two-pass: in fp32 at least, even under bf16 autocast); one all-reduce with a backward
+(:class:`_AllReduce`) gathers every replica's, and they are merged as Chan et al. do (M2 = sum of the M2s + sum of
+n_r (mean_r - mean)^2), so shards of uneven size are weighted by their counts, nothing cancels when |mean| >> std
+(a one-pass E[x^2] - E[x]^2 in fp32 loses every digit of the variance at mean 1e4, std 1), and the backward,
+autograd through the centred terms, is as exact: gradients reach every replica's inputs through the global
+statistics. The forward is a collective: every replica of the group must run the same forwards, in the same order.
 """
 
 from __future__ import annotations
@@ -50,19 +52,30 @@ class _SyncNorm:
         scale = torch.rsqrt(var + self.eps)
         if self.weight is not None:
             scale = scale * self.weight
-        shift = -mean * scale if self.bias is None else self.bias - mean * scale
         view = (-1,) + (1,) * (x.dim() - 2)
-        return (xf * scale.view(view) + shift.view(view)).to(x.dtype)
+        # Centred first, as torch's BatchNorm: x * scale + (bias - mean * scale) would cancel at |mean| >> std.
+        y = (xf - mean.view(view)) * scale.view(view)
+        return (y if self.bias is None else y + self.bias.view(view)).to(x.dtype)
 
     def _global_stats(self, xf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per-channel mean and biased variance over every replica's rows, and the global row count."""
-        dims = (0, *range(2, xf.dim()))
-        count = torch.full((1,), xf.numel() // xf.size(1), dtype=xf.dtype, device=xf.device)
-        # One collective for all three. E[x^2] - E[x]^2 loses digits when |mean| >> std: fine for activations.
-        sums = _AllReduce.apply(torch.cat([xf.sum(dims), xf.square().sum(dims), count]), self.group)
-        total, sum_sq, count = sums[: self.num_features], sums[self.num_features : -1], sums[-1]
-        mean = total / count
-        return mean, (sum_sq / count - mean.square()).clamp_min(0), count
+        dims, c = (0, *range(2, xf.dim())), self.num_features
+        view = (1, -1) + (1,) * (xf.dim() - 2)
+        rows = xf.numel() // c
+        mean = xf.sum(dims) / max(rows, 1)  # an empty shard adds nothing (count 0)
+        m2 = (xf - mean.view(view)).square().sum(dims)
+        count = torch.full((1,), rows, dtype=xf.dtype, device=xf.device)
+        # Every replica's (mean, M2, count) in its own row of a table, summed over the group: one collective.
+        world, rank = dist.get_world_size(self.group), dist.get_rank(self.group)
+        mine = torch.cat([mean, m2, count]).unsqueeze(0)
+        table = torch.zeros(world, 2 * c + 1, dtype=xf.dtype, device=xf.device)
+        index = torch.tensor([rank], device=xf.device)
+        table = _AllReduce.apply(table.index_copy(0, index, mine), self.group)
+        means, m2s, counts = table[:, :c], table[:, c : 2 * c], table[:, 2 * c :]
+        total = counts.sum()
+        mean = (counts * means).sum(0) / total
+        m2 = m2s.sum(0) + (counts * (means - mean).square()).sum(0)
+        return mean, m2 / total, total
 
     @torch.no_grad()
     def _update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, count: torch.Tensor) -> None:

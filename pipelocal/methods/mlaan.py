@@ -16,10 +16,11 @@ final module's classifier loss is the last cascade. Which blocks a LAM copies: :
 
 As the released CIFAR code (CIFAR-SVHN-STL/networks/): the authors' copy tables for their splits (the R-32 "K=16"
 run is their K = 15: one block per module, the stem with the first); ``ema_update: last`` refreshes only the
-last aux net's EMA, as that code does (the others stay at their init). As the paper, not the code:
-``ema_update: all`` (the default) refreshes every EMA; the EMA also averages BN statistics, after the step (the
-code: parameters only, before the step); the InfoPro combination's probe uses the configured task loss (the
-code's is always contrastive) and the usual λ schedule (the code interpolates by stage index). No module is
+last aux net's EMA, as that code does (the others stay at their init); ``ema_timing: pre_step`` (the default)
+refreshes as that code does: before the optimizer step, from the weights the step began with, parameters only
+(``post_step``: after the step, from the new weights, BN statistics too). As the paper, not the code:
+``ema_update: all`` (the default) refreshes every EMA; the InfoPro combination's probe uses the configured task
+loss (the code's is always contrastive) and the usual λ schedule (the code interpolates by stage index). No module is
 re-run: the step keeps module i-1's graph until module i's cascade gradient has flowed back through it, the
 same gradient as the paper's recomputation and the mechanism a pipeline uses across stages.
 
@@ -43,62 +44,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipelocal.methods.base import METHODS, CrossEntropyHead, Head, LocalMethod, probe_net, token_layout, unit_shapes
+from pipelocal.methods.mlaan_lam import PUBLISHED_LAM, derived_units, lam_units  # noqa: F401  (their home before)
 from pipelocal.models import Classifier, init_weights
 from pipelocal.options import ConfigError, option
-
-Pos = tuple[int, int]
-
-
-def _rows(ends: list[Pos], copies) -> dict[Pos, list[Pos]]:
-    """The module ending at ``ends[i]`` copies ``copies(ends[i])``; module 0 (no head) is left out."""
-    return {end: copies(end) for end in ends[1:]}
-
-
-def _r110(end: Pos, stage3: dict[int, int]) -> list[Pos]:
-    """R-110 rows: the same for stages 1 and 2 at K = 32 and 54; in stage 3 two blocks, the first taken from
-    ``stage3`` (the last end block of a run of modules -> the block they copy first)."""
-    stage, block = end
-    if stage == 1:
-        return [(2, 0), (3, 0), (3, 2), (3, 17)]
-    if stage == 2:
-        return [(3, 0), (3, 3), (3, 4), (3, 17)] if block == 17 else [(3, 0), (3, 2), (3, 3), (3, 17)]
-    first = stage3[min(b for b in stage3 if b >= block)]
-    return [(3, first), (3, 17)] if first < 17 else [(3, 17)]
-
-
-_R32_K8 = [(1, 0), (1, 2), (1, 4), (2, 1), (2, 3), (3, 0), (3, 2)]  # InfoPro's K = 8 table
-_R32_K15 = [(s, b) for s in (1, 2, 3) for b in range(5)][:-1]  # one block per module, the stem with the first
-_R110_K32 = [(s, b) for s in (1, 2) for b in (1, 2, 4, 5, 7, 9, 11, 13, 14, 16, 17)]
-_R110_K32 += [(3, b) for b in (1, 3, 4, 6, 7, 9, 11, 13, 15)]
-_R110_K54 = [(s, b) for s in (1, 2, 3) for b in range(18)][:-1]
-_STAGE2_R32 = [(3, 0), (3, 2), (3, 3), (3, 4)]
-
-# The authors' copy tables (released CIFAR code, networks/configAuxPlus_new.py, for R-32 K = 8, 15 and R-110
-# K = 32, 54; K as they count it, the stem outside), keyed by the split they were written for: (blocks per stage,
-# the positions the non-final modules end at). Value: module end -> copied positions.
-PUBLISHED_LAM: dict[tuple[tuple[int, ...], tuple[Pos, ...]], dict[Pos, list[Pos]]] = {
-    ((5, 5, 5), tuple(_R32_K8)): {
-        (1, 2): [(2, 0), (3, 0), (3, 2), (3, 4)],
-        (1, 4): [(2, 0), (3, 0), (3, 3), (3, 4)],
-        (2, 1): _STAGE2_R32,
-        (2, 3): _STAGE2_R32,
-        (3, 0): [(3, 2), (3, 3), (3, 4)],
-        (3, 2): [(3, 3), (3, 4)],
-    },
-    ((5, 5, 5), tuple(_R32_K15)): {
-        (1, 1): [(2, 0), (3, 0), (3, 2), (3, 4)],
-        (1, 2): [(2, 0), (3, 0), (3, 3), (3, 4)],
-        (1, 3): [(2, 0), (3, 0), (3, 2), (3, 4)],
-        (1, 4): [(2, 0), (3, 0), (3, 3), (3, 4)],
-        **{(2, b): _STAGE2_R32 for b in range(5)},
-        (3, 0): [(3, 1), (3, 2), (3, 4)],
-        (3, 1): [(3, 2), (3, 3), (3, 4)],
-        (3, 2): [(3, 3), (3, 4)],
-        (3, 3): [(3, 4)],
-    },
-    ((18, 18, 18), tuple(_R110_K32)): _rows(_R110_K32, lambda e: _r110(e, {6: 8, 9: 14, 11: 15, 13: 16, 15: 17})),
-    ((18, 18, 18), tuple(_R110_K54)): _rows(_R110_K54, lambda e: _r110(e, {6: 8, 10: 14, 12: 15, 15: 16, 16: 17})),
-}
 
 
 @dataclass
@@ -117,6 +65,13 @@ class MLAANConfig:
         "refresh every aux net's EMA copy (the paper), or only the last one (the released code)",
         ("all", "last"),
     )
+    ema_timing: str = option(
+        "pre_step",
+        "when an EMA copy is refreshed: pre_step (the released code: in the step, before optimizer.step, from the "
+        "weights the step started from, parameters only) or post_step (after the step, from the new weights, BN "
+        "statistics averaged too)",
+        ("pre_step", "post_step"),
+    )
     base: str = option(
         "mlaan",
         "losses of the probe and of the LAM's output: mlaan (avg pool -> linear, CE), or the aux head of dgl or "
@@ -129,37 +84,6 @@ class MLAANConfig:
             raise ConfigError(f"method.cascade_span={self.cascade_span}: MLAAN cascades span 2 or 3 modules")
         if self.ema_sync_every < 1:  # the pipeline sends the EMA's weights when step % ema_sync_every == 0
             raise ConfigError(f"method.ema_sync_every={self.ema_sync_every} must be at least 1 (1: every step)")
-
-
-def lam_units(after: int, positions: list[Pos], ends: list[int] | None = None) -> list[int]:
-    """Units the LAM of the module ending at unit ``after`` copies, in a split whose non-final modules end at
-    units ``ends`` (default: one module per block, the stem with the first: the authors' R-32 K = 15).
-
-    The authors' table where they published one for this split (:data:`PUBLISHED_LAM`); elsewhere their rule as
-    those tables show it. From a stage before the last: the transition block of each later stage, then the last
-    stage's blocks from its third on (its second only when too few), then its last block, 4 blocks where the net
-    has room. From the last stage: its last 3 blocks (fewer near the end). The rule gives the tables' rows but
-    for a few (R-32: [3,3] for [3,2] in some stage-1 rows, K = 15's [3,1] [3,2] [3,4] after [3,0]; R-110: the
-    row after [2,17], and the last stage, where the tables copy 2 blocks: a later middle block and the last)."""
-    if ends is None:
-        ends = list(range(1, len(positions) - 1))
-    blocks = tuple(sum(1 for s, _ in positions if s == t) for t in range(1, positions[-1][0] + 1))
-    table = PUBLISHED_LAM.get((blocks, tuple(positions[u] for u in ends)))
-    if table is not None and positions[after] in table:
-        return [positions.index(p) for p in table[positions[after]]]
-    return derived_units(after, positions)
-
-
-def derived_units(after: int, positions: list[Pos]) -> list[int]:
-    """The rule of :func:`lam_units`, for splits without a published table."""
-    last = len(positions) - 1
-    stage, last_stage = positions[after][0], positions[-1][0]
-    if stage == last_stage:
-        return list(range(max(after + 1, last - 2), last + 1))
-    transitions = [positions.index((t, 0)) for t in range(stage + 1, last_stage + 1)]
-    between = range(transitions[-1] + 1, last)  # the last stage's blocks between its transition and its end
-    middle = sorted(sorted(between, key=lambda u: (positions[u][1] == 1, u))[: max(3 - len(transitions), 0)])
-    return list(dict.fromkeys([*transitions, *middle, last]))  # a 1-block last stage: its transition is last
 
 
 def _frozen(block: nn.Module) -> nn.Module:
@@ -212,6 +136,12 @@ class MLAANHead(Head):
         self.rest = nn.Sequential(*(copy.deepcopy(b) for b in live[1:]))
         self.classifier = classifier
         self.follow_ema = True
+        self.pre_step = cfg.ema_timing == "pre_step"
+        if self.pre_step:
+            # The live block's parameters as the step that is running started from (at first: the copy's own
+            # init, which is the live block's); saved with the head, so a resumed run refreshes from them.
+            for name, p in self.ema.named_parameters():
+                self.register_buffer(_started(name), p.detach().clone())
 
     def logits(self, h):
         return self.probe.logits(h)
@@ -231,8 +161,25 @@ class MLAANHead(Head):
 
     @torch.no_grad()
     def after_step(self, live_unit) -> None:
-        if self.follow_ema:
-            ema_update(self.ema, live_unit(self.units[0]), self.momentum)
+        if not self.follow_ema:
+            return
+        live = live_unit(self.units[0])
+        if not self.pre_step:
+            ema_update(self.ema, live, self.momentum)
+            return
+        # The released code refreshes inside the step, before optimizer.step(), from the weights that step began
+        # with; refreshing now from those (kept since the last step) gives the same EMA to every later forward,
+        # whatever the optimizer step order (per module, per batch) or where the live block lives (a pipeline's
+        # copy of another stage's block).
+        for (name, e), x in zip(self.ema.named_parameters(), live.parameters()):
+            started = getattr(self, _started(name))
+            e.mul_(self.momentum).add_(started, alpha=1 - self.momentum)
+            started.copy_(x.detach().to(started.device))
+
+
+def _started(name: str) -> str:
+    """The buffer holding the step-start value of the EMA copy's parameter ``name``."""
+    return "live_at_step_start_" + name.replace(".", "_")
 
 
 @torch.no_grad()

@@ -79,7 +79,7 @@ def build_local_net(cfg: JobConfig, data: DataInfo, ranges: list[tuple[int, int]
     elif ranges is None:
         if cfg.split.balance in ("time", "memory") and cfg.split.boundaries is None:
             raise ValueError("split.balance=time|memory needs ranges from runtime.profile.plan_split")
-        ranges = module_ranges(cfg.split, backbone.num_units, cfg.model.depth, backbone.positions)
+        ranges = module_ranges(cfg.split, backbone.num_units, cfg.model.depth, backbone.positions, cfg.data.name)
     return assemble(backbone, ranges, METHODS.get(cfg.method.name), cfg, data)
 
 

@@ -109,7 +109,7 @@ def _now(device: torch.device) -> float:
 def plan_split(cfg: JobConfig, data: DataInfo, device: torch.device, num_units: int, positions) -> tuple[list, str]:
     """The module ranges the config asks for, and a line describing the choice (with predicted costs)."""
     if cfg.split.boundaries is not None or cfg.split.balance in ("uniform", "table"):
-        ranges = module_ranges(cfg.split, num_units, cfg.model.depth, positions)
+        ranges = module_ranges(cfg.split, num_units, cfg.model.depth, positions, cfg.data.name)
         return ranges, f"split ({cfg.split.balance if cfg.split.boundaries is None else 'boundaries'}): {ranges}"
     prof = profile_units(cfg, data, device)
     if cfg.split.balance == "time":
@@ -120,7 +120,7 @@ def plan_split(cfg: JobConfig, data: DataInfo, device: torch.device, num_units: 
         scale = 1 / 2**20
     ranges = balanced_ranges(unit_cost, head_cost, cfg.split.num_modules)
     costs = [round(c * scale, 1) for c in module_costs(ranges, unit_cost, head_cost)]
-    uniform = module_ranges(replace(cfg.split, balance="uniform"), num_units, cfg.model.depth, positions)
+    uniform = module_ranges(replace(cfg.split, balance="uniform"), num_units, cfg.model.depth, positions, cfg.data.name)
     uniform_costs = [round(c * scale, 1) for c in module_costs(uniform, unit_cost, head_cost)]
     return ranges, (
         f"split (balance={cfg.split.balance}, profiled on {device}): {ranges}, predicted per-module {unit} "

@@ -9,12 +9,9 @@ import torch
 
 from pipelocal.checkpoint import load_merged
 from pipelocal.config import ConfigError
-from pipelocal.data import build_loaders
-from pipelocal.runtime import build_local_net
-from pipelocal.runtime.step import eval_step
 from tests.conftest import tiny_config
 from tests.distributed.launch import TINY, runs_fixture, torchrun_runs
-from tests.distributed.test_pipeline import sequential_state
+from tests.distributed.test_pipeline import evaluated_top1, sequential_state
 
 GROUP = ["--model.norm=group", "--method.name=greedy"]  # no BatchNorm anywhere: replicas are exact
 SYNC = ["--pipeline.sync_batchnorm=true"]  # BatchNorm in the backbone and heads, its statistics over all replicas
@@ -59,31 +56,28 @@ def test_p1_r2_equals_sequential(runs_p1x2, name):
     assert_same_weights(load_merged(runs_p1x2 / name), sequential_state(CASES_2[name]))
 
 
+def _last_record(run) -> dict:
+    return json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+
+
 def test_evaluation_covers_the_test_set_once(runs_p2x2):
     """Each replica evaluates every other test batch (100 samples, batches of 50); the figures are the whole set's."""
     run = runs_p2x2 / "greedy-K4-uneven"
-    record = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
-    cfg = tiny_config(*TINY, *CASES_4["greedy-K4-uneven"], "--mode=sequential")
-    _, test_loader, info = build_loaders(cfg.data, torch.device("cpu"), cfg.train.seed)
-    net = build_local_net(cfg, info)
-    net.load_state_dict(load_merged(run))
-    net.eval()
-    correct = torch.zeros(4, dtype=torch.long)
-    for batch in test_loader:
-        eval_step(net.local_modules, batch.x, batch.y, correct)
-    assert record["module_top1"] == pytest.approx((correct / 100).tolist())
+    assert _last_record(run)["module_top1"] == pytest.approx(evaluated_top1(run, CASES_4["greedy-K4-uneven"]))
 
 
 def test_summary_shows_replicas_and_the_all_reduce(runs_p2x2):
     summary = json.loads((runs_p2x2 / "greedy-K2" / "summary.json").read_text())
     assert [s["replicas"] for s in summary["stages"]] == [2, 2]
-    assert all(s["dp_wait_frac_median"] >= 0 for s in summary["stages"])
+    # every stage waited on its all-reduce for part of its wall time (0: the wait is not timed or not counted)
+    assert all(0 < s["dp_wait_frac_median"] < 1 for s in summary["stages"]), summary["stages"]
     assert summary["steps"] == 5 and summary["guidance_steps"] == 0
     guided = json.loads((runs_p2x2 / "greedy-K4-guided" / "summary.json").read_text())
     assert guided["guidance_steps"] == 2  # steps 2 and 4 of 5 (counted once, not per replica)
 
 
-ASYNC = [*TINY, *REPLICATED, *GROUP, "--split.num_modules=4", "--guidance.every=1", "--guidance.mode=async"]
+ASYNC_ARGS = [*GROUP, "--split.num_modules=4", "--guidance.every=1", "--guidance.mode=async", "--train.epochs=2"]
+ASYNC = [*TINY, *REPLICATED, *ASYNC_ARGS]
 CHECKPOINTED = [*TINY, *REPLICATED, *GROUP, "--split.num_modules=4", "--train.max_steps=6"]
 
 
@@ -95,7 +89,7 @@ def runs_p2x2_more(tmp_path_factory):
     runs = {
         # Late gradients applied on arrival, at the same step on both replicas (checked at every epoch end: a
         # stage whose replicas diverged fails the run).
-        "async": [*ASYNC, "--train.epochs=2"],
+        "async": ASYNC,
         "full": [*CHECKPOINTED, "--checkpoint.every_steps=4", "--checkpoint.keep=0"],
         "resumed": [*CHECKPOINTED, f"--train.resume={step}"],
     }
@@ -106,8 +100,12 @@ def runs_p2x2_more(tmp_path_factory):
 
 
 def test_async_guidance_keeps_replicas_in_step(runs_p2x2_more):
-    summary = json.loads((runs_p2x2_more / "async" / "summary.json").read_text())
-    assert summary["guidance_steps"] == 10 and summary["final_top1"] is not None
+    """Replica 1 evaluates half the test set with its own weights; replica 0 saved its weights. Evaluated here in
+    one process, the saved weights give the recorded figures only if both replicas held the same weights."""
+    run = runs_p2x2_more / "async"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["guidance_steps"] == 10
+    assert _last_record(run)["module_top1"] == pytest.approx(evaluated_top1(run, ASYNC_ARGS))
 
 
 def test_resume_from_a_replicated_checkpoint_is_exact(runs_p2x2_more):
@@ -122,6 +120,8 @@ def test_resume_from_a_replicated_checkpoint_is_exact(runs_p2x2_more):
         (["--mode=ddp", "--method.name=e2e"], "data parallel already"),
         (["--mode=pipeline", "--pipeline.buffer=replay"], "replay"),
         (["--mode=pipeline", "--data.batch_size=1"], "cannot give each"),
+        (["--mode=pipeline", "--method.name=infopro", "--method.loss=contrast"], "contrast only its own shard"),
+        (["--mode=pipeline", "--method.name=mlaan", "--method.base=infopro", "--method.loss=contrast"], "own shard"),
     ],
 )
 def test_refusals(args, message):

@@ -6,8 +6,11 @@ import pytest
 import torch
 
 from pipelocal.checkpoint import load_merged
+from pipelocal.data import build_loaders
 from pipelocal.optim import lr_for_step, set_lr
+from pipelocal.runtime import build_local_net
 from pipelocal.runtime.guidance import guide_for
+from pipelocal.runtime.step import eval_step
 from pipelocal.schedules.sequential import train_step
 from tests.conftest import one_process, tiny_config
 from tests.distributed.launch import TINY, runs_fixture, torchrun
@@ -28,6 +31,20 @@ def sequential_state(overrides: list[str]) -> dict:
             guide = guide_for(cfg.guidance, epoch, epoch * steps + i, epochs)
             train_step(net, batch, opts, cfg.optim.step == "per_module", guide=guide, numerics=numerics)
     return net.state_dict()
+
+
+def evaluated_top1(run, overrides: list[str]) -> list[float]:
+    """Each module's test top-1 of the weights ``run`` saved, evaluated here in one process over the whole test set:
+    what the run's last metrics line must say (a replica that drifted, or a miscounted batch, would not)."""
+    cfg = tiny_config(*TINY, *overrides, "--mode=sequential")
+    _, test_loader, info = build_loaders(cfg.data, torch.device("cpu"), cfg.train.seed)
+    net = build_local_net(cfg, info)
+    net.load_state_dict(load_merged(run))
+    net.eval()
+    correct = torch.zeros(net.num_modules, dtype=torch.long)
+    for batch in test_loader:
+        eval_step(net.local_modules, batch.x, batch.y, correct)
+    return (correct / cfg.data.synthetic_test).tolist()
 
 
 CASES = [

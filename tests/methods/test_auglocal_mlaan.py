@@ -136,7 +136,8 @@ def _terms(module, h, batch):
 
 
 def test_mlaan_ema_follows_the_live_block_exactly_and_is_not_optimised():
-    net, cfg = _mlaan("--optim.lr=0.5", "--method.ema_momentum=0.9")
+    """post_step: after the step, from the new weights (pre_step: tests/methods/test_mlaan_ema.py)."""
+    net, cfg = _mlaan("--optim.lr=0.5", "--method.ema_momentum=0.9", "--method.ema_timing=post_step")
     optimizers = build_optimizers(net.local_modules, cfg.optim)
     optimised = {id(p) for opt in optimizers for group in opt.param_groups for p in group["params"]}
     heads = [m.head for m in net.local_modules[1:-1]]
