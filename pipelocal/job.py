@@ -30,6 +30,7 @@ from pipelocal.metrics.summary import RunSummary
 from pipelocal.metrics.timeline import TIMELINE
 from pipelocal.preemption import Preemption
 from pipelocal.runtime.profile import split_for
+from pipelocal.runtime.watchdog import Watchdog
 from pipelocal.schedules import MODES, Mode
 from pipelocal.trainer import Trainer
 
@@ -82,7 +83,12 @@ def run_job(cfg: JobConfig) -> RunSummary | None:
     if topo.distributed:
         dist.barrier(group=groups.control)
         destroy_distributed()
+    if _watchdog is not None:
+        _watchdog.close()
     return summary
+
+
+_watchdog: Watchdog | None = None
 
 
 def write_timeline(topo: Topology, groups, console: Console, run_dir: Path) -> None:
@@ -107,6 +113,8 @@ def start(cfg: JobConfig, mode: Mode):
         topo, groups = init_distributed(
             cfg.pipeline.timeout_s, data_parallel=mode.traits.data_parallel, replicas=cfg.pipeline.replicas
         )
+        global _watchdog  # noqa: PLW0603 (one per process; it ends with the process in any case)
+        _watchdog = Watchdog(cfg.pipeline.timeout_s, topo.stage_index)
         threads = cfg.pipeline.threads if topo.device.type == "cpu" else 0
     else:
         check_single_process(cfg.mode)

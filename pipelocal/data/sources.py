@@ -90,11 +90,11 @@ def candidate_roots(cfg: DataConfig, *subdirs: str) -> list[Path]:
 
 
 def not_found(name: str, tried: list[Path], extra: str = "") -> DatasetNotFoundError:
-    paths = "\n  ".join(str(p) for p in tried)
+    paths = ", ".join(str(p) for p in tried)
     return DatasetNotFoundError(
-        f"dataset '{name}' not found. Tried:\n  {paths}\n"
+        f"dataset '{name}' not found; tried {paths}. "
         f"Fix: point --data.root at a folder that holds it, or pass --data.download=true to let torchvision "
-        f"fetch it into --data.root (default ./data).{extra}"
+        f"fetch it into --data.root (default ./data).{extra.replace(chr(10), ' ')}"
     )
 
 
