@@ -21,7 +21,7 @@ from pipelocal.data import DataFileError, DatasetNotFoundError
 from pipelocal.distributed.transport import PeerError
 from pipelocal.job import check_single_process, run_job  # noqa: F401  (check_single_process: part of the API)
 from pipelocal.preemption import PREEMPTED, Preempted
-from pipelocal.runtime.guard import Diverged
+from pipelocal.runtime.guard import Diverged, DivergedElsewhere
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 
@@ -74,11 +74,12 @@ def cli(argv: list[str] | None = None) -> int:
         print(f"error{stage}: {err}", file=sys.stderr, flush=True)
         code = 2
     except Diverged as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
+        if not isinstance(err, DivergedElsewhere):
+            print(f"error: {err}", file=sys.stderr, flush=True)
         code = 1
     except PeerError as err:
         print(f"error{stage}: {err}", file=sys.stderr, flush=True)
-        hold_for_the_peer()
+        hold_for_the_peer(err)
         code = 1
     except Exception as err:
         traceback.print_exc()
@@ -89,11 +90,11 @@ def cli(argv: list[str] | None = None) -> int:
     return code
 
 
-def hold_for_the_peer() -> None:
+def hold_for_the_peer(err: PeerError) -> None:
     """A peer that stopped answering is ended by its own watchdog (runtime/watchdog.py) within moments of
     this process's timeout: waiting for that (at most ``HOLD_S``) lets torchrun see the stalled stage fail
     first, so its report names that stage as the root cause rather than this healthy one."""
-    if torch.distributed.is_initialized():
+    if torch.distributed.is_initialized() and "timed out" in str(err).lower():  # (a reset: the peer is dead already)
         time.sleep(HOLD_S)
 
 

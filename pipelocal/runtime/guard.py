@@ -21,6 +21,10 @@ class Diverged(RuntimeError):
     """The run stopped on a non-finite loss or gradient (``train.nan_policy=stop``)."""
 
 
+class DivergedElsewhere(Diverged):
+    """This stage stops because another one diverged (that one's line says where; this one stays quiet)."""
+
+
 class Guard:
     """``policy`` (stop|skip|off) over ``stage``'s modules and optimizers."""
 
@@ -110,7 +114,7 @@ class Guard:
         if mine:
             raise Diverged(self.describe(counts, firsts))
         if anyone:
-            raise Diverged(
+            raise DivergedElsewhere(
                 f"stage {self.stage_index} stops: another stage diverged (its line names it); no checkpoint written"
             )
 
