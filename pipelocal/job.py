@@ -146,7 +146,8 @@ def prepare(cfg: JobConfig, topo: Topology, groups, console: Console):
             ranges = [tuple(r) for r in meta["ranges"]] if meta["ranges"] is not None else None
             console.print(f"resuming from {resume} (step {meta['step']}, epoch {meta['epoch'] + 1})")
         else:
-            ranges, split_line = split_for(cfg, info, topo.device)  # profiled once, here, so every rank agrees
+            # profiled once, here, so every rank agrees
+            ranges, split_line = split_for(cfg, info, topo.device, topo.num_stages, run_dir)
             console.print(split_line)
         dump_yaml(cfg, run_dir / "config.yaml")
         console.print(record_data(cfg, info, train_loader.num_samples, test_loader.num_samples, run_dir))

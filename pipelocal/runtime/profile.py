@@ -1,15 +1,27 @@
 """Profile every unit with the aux head it would carry, on the real device, for ``split.balance: time|memory``.
 
 For unit u, "its head" is the method's head as if a module ended after u (the classifier for the last
-unit). Time is forward + local loss + backward, median of a few repeats at the training batch size;
-memory is the peak bytes saved for backward. AugLocal-style heads are costly: that is why they count.
+unit). Time is forward + local loss + backward at the training batch size: the median over ``ROUNDS``
+rounds of each round's median of ``repeats`` (a round profiles every unit once, so a burst of load on the
+machine touches one round, not one unit's figure); memory is the peak bytes saved for backward. AugLocal-
+style heads are costly: that is why they count.
+
+A time split is a function of the hardware (and of its load while profiling). To make it reproducible,
+splits whose slowest module is within ``TIE`` of the best are ties and the one nearest the uniform split is
+taken (split.py, ``snapped_ranges``), and the chosen split is kept in the run folder (``split.json``) under
+its key (model, method, K, P, batch, precision, device kind): a later run of the same key under the same
+``metrics.out_dir`` reuses it instead of profiling again. ``--split.boundaries`` with the boundaries the
+split line prints reproduces it anywhere.
 """
 
 from __future__ import annotations
 
+import json
+import platform
 import statistics
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import torch
 
@@ -20,7 +32,10 @@ from pipelocal.metrics.memory import SavedTensorMeter
 from pipelocal.options import mode_traits
 from pipelocal.runtime.local_net import backbone_for
 from pipelocal.runtime.numerics import Numerics
-from pipelocal.split import balanced_ranges, module_costs, module_ranges
+from pipelocal.split import balanced_ranges, boundaries_of, module_costs, module_ranges, snapped_ranges
+
+ROUNDS = 3
+TIE = 0.05  # splits whose slowest module is within 5 % of the best one's are ties (measurement noise)
 
 
 @dataclass
@@ -106,19 +121,44 @@ def _now(device: torch.device) -> float:
     return time.perf_counter()
 
 
-def plan_split(cfg: JobConfig, data: DataInfo, device: torch.device, num_units: int, positions) -> tuple[list, str]:
+def profile_rounds(cfg: JobConfig, data: DataInfo, device: torch.device, rounds: int = ROUNDS) -> UnitProfile:
+    """``rounds`` profiles, each unit's figures their median (memory does not vary; time does)."""
+    runs = [profile_units(cfg, data, device) for _ in range(rounds)]
+    return UnitProfile(
+        *(list(map(statistics.median, zip(*(getattr(r, f) for r in runs)))) for f in UnitProfile.__dataclass_fields__)
+    )
+
+
+def plan_split(
+    cfg: JobConfig, data: DataInfo, device: torch.device, num_units: int, positions, stages: int = 1, run_dir=None
+) -> tuple[list, str]:
     """The module ranges the config asks for, and a line describing the choice (with predicted costs)."""
     if cfg.split.boundaries is not None or cfg.split.balance in ("uniform", "table"):
         ranges = module_ranges(cfg.split, num_units, cfg.model.depth, positions)
         return ranges, f"split ({cfg.split.balance if cfg.split.boundaries is None else 'boundaries'}): {ranges}"
-    prof = profile_units(cfg, data, device)
+    key = split_key(cfg, data, device, stages)
+    cached = find_cached(Path(cfg.metrics.out_dir), key) if cfg.split.balance == "time" else None
+    if cached is not None:
+        ranges, where = cached
+        line = f"split (balance=time, as profiled for {where.parent.name}, same model, K, P and {key['device']}): "
+    else:
+        ranges, line = _profiled(cfg, data, device, num_units, positions)
+    if run_dir is not None:
+        record = {"key": key, "ranges": ranges, "boundaries": boundaries_of(ranges)}
+        (Path(run_dir) / "split.json").write_text(json.dumps(record, indent=1))
+    return ranges, f"{line}{ranges if cached else ''} (--split.boundaries={boundaries_of(ranges)} reproduces it)"
+
+
+def _profiled(cfg: JobConfig, data: DataInfo, device: torch.device, num_units: int, positions) -> tuple[list, str]:
+    prof = profile_rounds(cfg, data, device) if cfg.split.balance == "time" else profile_units(cfg, data, device)
     if cfg.split.balance == "time":
         unit_cost, head_cost, unit = prof.unit_s, prof.head_s, "ms"
         scale = 1e3
+        ranges = snapped_ranges(unit_cost, head_cost, cfg.split.num_modules, TIE)
     else:
         unit_cost, head_cost, unit = prof.unit_bytes, prof.head_bytes, "MiB"
         scale = 1 / 2**20
-    ranges = balanced_ranges(unit_cost, head_cost, cfg.split.num_modules)
+        ranges = balanced_ranges(unit_cost, head_cost, cfg.split.num_modules)
     costs = [round(c * scale, 1) for c in module_costs(ranges, unit_cost, head_cost)]
     uniform = module_ranges(replace(cfg.split, balance="uniform"), num_units, cfg.model.depth, positions)
     uniform_costs = [round(c * scale, 1) for c in module_costs(uniform, unit_cost, head_cost)]
@@ -128,9 +168,48 @@ def plan_split(cfg: JobConfig, data: DataInfo, device: torch.device, num_units: 
     )
 
 
-def split_for(cfg: JobConfig, data: DataInfo, device: torch.device) -> tuple[list | None, str]:
-    """``plan_split`` for the configured backbone (None: e2e, one module)."""
+def split_key(cfg: JobConfig, data: DataInfo, device: torch.device, stages: int) -> dict:
+    """What a profiled time split depends on: the network and its heads, the batch, the numerics, the device."""
+    t = cfg.train
+    return {
+        "model": asdict(cfg.model),
+        "method": asdict(cfg.method),
+        "K": cfg.split.num_modules,
+        "P": stages,
+        "batch": cfg.data.batch_size,
+        "input": list(data.input_shape),
+        "numerics": [t.precision, t.channels_last, t.compile],
+        "device": device_kind(device),
+        "threads": cfg.pipeline.threads if stages > 1 else t.threads,
+    }
+
+
+def device_kind(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
+    except OSError:
+        names = []
+    return f"cpu {names[0] if names else platform.processor() or platform.machine()}"
+
+
+def find_cached(out_dir: Path, key: dict) -> tuple[list, Path] | None:
+    """The split of the newest run under ``out_dir`` whose ``split.json`` has ``key``."""
+    found = []
+    for path in out_dir.glob("*/split.json"):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if record.get("key") == json.loads(json.dumps(key)):
+            found.append((path.stat().st_mtime, [tuple(r) for r in record["ranges"]], path))
+    return max(found)[1:] if found else None
+
+
+def split_for(cfg: JobConfig, data: DataInfo, device: torch.device, stages: int = 1, run_dir=None):
+    """``plan_split`` for the configured backbone (None: e2e, one module), and its line."""
     if mode_traits(cfg.mode).one_module:
         return None, f"split: one module ({cfg.mode}: the whole net in every process)"
     backbone = backbone_for(cfg, data)
-    return plan_split(cfg, data, device, backbone.num_units, backbone.positions)
+    return plan_split(cfg, data, device, backbone.num_units, backbone.positions, stages, run_dir)
