@@ -2,7 +2,7 @@
 
 For unit u, "its head" is the method's head as if a module ended after u (the classifier for the last
 unit). Time is forward + local loss + backward at the training batch size: the median over ``ROUNDS``
-rounds of each round's median of ``repeats`` (a round profiles every unit once, so a burst of load on the
+rounds of each round's median of ``REPEATS`` (a round profiles every unit once, so a burst of load on the
 machine touches one round, not one unit's figure); memory is the peak bytes saved for backward. AugLocal-
 style heads are costly: that is why they count.
 
@@ -34,7 +34,7 @@ from pipelocal.runtime.local_net import backbone_for
 from pipelocal.runtime.numerics import Numerics
 from pipelocal.split import balanced_ranges, boundaries_of, module_costs, module_ranges, snapped_ranges
 
-ROUNDS = 3
+ROUNDS, REPEATS = 3, 3
 TIE = 0.05  # splits whose slowest module is within 5 % of the best one's are ties (measurement noise)
 
 
@@ -46,7 +46,9 @@ class UnitProfile:
     head_bytes: list[float]
 
 
-def profile_units(cfg: JobConfig, data: DataInfo, device: torch.device, repeats: int = 5) -> UnitProfile:
+def profile_units(
+    cfg: JobConfig, data: DataInfo, device: torch.device, repeats: int = 5, warmup: int = 2
+) -> UnitProfile:
     numerics = Numerics.of(cfg, device)  # profiled as trained: the same dtype and memory format
     backbone = numerics.prepare(backbone_for(cfg, data).to(device))
     n, k = backbone.num_units, cfg.split.num_modules
@@ -58,7 +60,7 @@ def profile_units(cfg: JobConfig, data: DataInfo, device: torch.device, repeats:
     for u, unit in enumerate(backbone.units):
         head = CrossEntropyHead(backbone.classifier) if u == n - 1 else _head_at(cfg, data, backbone, u, k)
         head = numerics.prepare(head.to(device)) if head is not None else None
-        t_unit, b_unit, t_head, b_head, x = _measure(unit, head, x, batch, device, repeats, numerics)
+        t_unit, b_unit, t_head, b_head, x = _measure(unit, head, x, batch, device, repeats, numerics, warmup)
         prof.unit_s.append(t_unit)
         prof.unit_bytes.append(b_unit)
         prof.head_s.append(t_head)
@@ -88,11 +90,11 @@ def _head_at(cfg: JobConfig, data: DataInfo, backbone, unit: int, num_modules: i
     return method.build_head(index) if method.loss_spans(index) else None
 
 
-def _measure(unit, head, x, batch, device, repeats, numerics):
+def _measure(unit, head, x, batch, device, repeats, numerics, warmup):
     """(unit seconds, unit bytes, head seconds, head bytes, unit output) for one unit and its head."""
     meter = SavedTensorMeter(list(unit.parameters()) + (list(head.parameters()) if head else []))
     unit_times, head_times = [], []
-    for i in range(repeats + 2):  # two warm-up passes
+    for i in range(repeats + warmup):  # warm-up passes first
         xi = x.detach().requires_grad_(True)
         start = _now(device)
         meter.reset_peak()
@@ -109,7 +111,7 @@ def _measure(unit, head, x, batch, device, repeats, numerics):
             head_bytes = meter.peak
             loss.backward()
         end = _now(device)
-        if i >= 2:
+        if i >= warmup:
             unit_times.append(mid - start)
             head_times.append(end - mid)
     return statistics.median(unit_times), unit_bytes, statistics.median(head_times), head_bytes, h.detach()
@@ -123,7 +125,8 @@ def _now(device: torch.device) -> float:
 
 def profile_rounds(cfg: JobConfig, data: DataInfo, device: torch.device, rounds: int = ROUNDS) -> UnitProfile:
     """``rounds`` profiles, each unit's figures their median (memory does not vary; time does)."""
-    runs = [profile_units(cfg, data, device) for _ in range(rounds)]
+    # 3 rounds of 3 timed passes (warm-up in the first round only): 11 passes per unit, against 7 for one round
+    runs = [profile_units(cfg, data, device, REPEATS, 2 if r == 0 else 0) for r in range(rounds)]
     return UnitProfile(
         *(list(map(statistics.median, zip(*(getattr(r, f) for r in runs)))) for f in UnitProfile.__dataclass_fields__)
     )
