@@ -24,6 +24,10 @@ from pipelocal.config import ConfigError, JobConfig, to_dict
 SAFE = ("train.epochs", "train.threads", "train.resume", "train.resume_override", "train.nan_policy")
 SAFE_SECTIONS = ("checkpoint.", "metrics.", "pipeline.slowdown.")  # (a straggler injection: same math)
 SAFE += ("pipeline.timeout_s", "pipeline.threads", "pipeline.live_every", "data.workers", "data.download")
+SAFE += ("train.device", "train.deterministic")
+# ... and the layout: a checkpoint of any layout resumes in any other (a P=2 pipeline at P=4 or in one process,
+# with other replicas or stage order), which computes the same steps (pipeline = sequential).
+SAFE += ("mode", "pipeline.modules_per_stage", "pipeline.replicas", "pipeline.stage_order")
 
 # Keys a checkpoint is bound to: the network, its split and the meaning of a step number. No override takes
 # them (a profiled split, balance=time or memory, is not profiled again on resume: the checkpoint's is used).

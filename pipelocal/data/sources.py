@@ -178,17 +178,19 @@ def _torchvision_split(name: str, cfg: DataConfig, cls_name: str, split_kw: dict
 
     cls = getattr(tvd, cls_name)
     tried = [Path(cfg.root or "data").expanduser()] if cfg.download else candidate_roots(cfg)
+    errors = []
     for root in tried:
         try:
             ds = cls(str(root), download=cfg.download, **split_kw)
-        except (RuntimeError, FileNotFoundError):
+        except (RuntimeError, FileNotFoundError) as err:  # torchvision: "Dataset not found or corrupted"
+            errors.append(f"{root}: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
             continue
         images = torch.from_numpy(np.ascontiguousarray(ds.data))
         if images.ndim == 4 and images.shape[-1] == 3:  # CIFAR stores NHWC
             images = images.permute(0, 3, 1, 2).contiguous()
         labels = torch.as_tensor(np.asarray(getattr(ds, labels_attr)), dtype=torch.int64)
         return Split(images, labels, (str(Path(ds.root) / getattr(ds, "base_folder", "")),))
-    raise not_found(name, tried)
+    raise not_found(name, tried, f" (torchvision said: {'; '.join(errors[:3])})" if errors else "")
 
 
 def _register_torchvision(name: str, cls_name: str, train_kw: dict, test_kw: dict, labels_attr: str, classes: int):
