@@ -54,7 +54,14 @@ def stage_path(run_dir: Path, stage_index: int) -> Path:
 
 
 def save_stage(state: dict[str, torch.Tensor], run_dir: Path, stage_index: int) -> None:
-    torch.save(state, stage_path(run_dir, stage_index))
+    path = stage_path(run_dir, stage_index)
+    try:
+        torch.save(state, path)
+    except OSError as err:
+        path.unlink(missing_ok=True)
+        raise CheckpointWriteError(
+            f"final weights {path} could not be written: {why_not_written(err)}; the last checkpoint is intact"
+        ) from None
 
 
 def load_merged(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -85,6 +92,35 @@ def save(root: Path, step: int, state: dict, meta: dict | None, group=None, keep
     root = Path(root)
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
     tmp = root / f".{folder_name(step)}.tmp-{attempt}"
+    try:
+        return _save(root, tmp, step, state, meta, group, keep)
+    except (Exception, dcp.api.CheckpointException) as err:  # DCP's derives from BaseException
+        shutil.rmtree(tmp, ignore_errors=True)  # (a folder never renamed into place is no checkpoint anyway)
+        raise CheckpointWriteError(
+            f"checkpoint step {step} could not be written: {why_not_written(err)} (in {root}); the previous "
+            "checkpoint is intact"
+        ) from None
+
+
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint could not be written (disk full, a peer gone...); the ones before it are untouched."""
+
+
+def why_not_written(err: BaseException) -> str:
+    """The first cause of a failed write in a few words: an OSError's own (ENOSPC: "No space left on device")."""
+    causes = [err]
+    if isinstance(err, dcp.api.CheckpointException):
+        causes = [f[0] if isinstance(f, tuple) else f for f in err.failures.values()] or causes
+    for cause in causes:
+        while cause.__cause__ is not None and not isinstance(cause, OSError):
+            cause = cause.__cause__
+        if isinstance(cause, OSError) and cause.strerror:
+            return f"{cause.strerror.lower()}" + (f" ({cause.filename})" if cause.filename else "")
+    first = causes[0]
+    return f"{type(first).__name__}: {str(first).splitlines()[0] if str(first) else ''}".rstrip(": ")
+
+
+def _save(root: Path, tmp: Path, step: int, state: dict, meta: dict | None, group, keep: int) -> Path:
     distributed = group is not None
     with warnings.catch_warnings():  # "assuming the intent is to save in a single process": it is
         warnings.simplefilter("ignore", UserWarning)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -80,8 +81,8 @@ class DataConfig:
     eval_batch_size: int = option(512, "evaluation batch size")
     augment: bool = option(True, "random crop (+ flip where the recipe has it), docs/methods.md#recipes")
     workers: int = option(2, "DataLoader workers for datasets read per sample (imagefolder, package.module:function)")
-    train_subset: int | None = option(None, "use only the first N training samples (quick runs)")
-    test_subset: int | None = option(None, "use only the first N test samples (quick runs)")
+    train_subset: int | None = option(None, "use only the first N training samples (quick runs; 0 or unset: all)")
+    test_subset: int | None = option(None, "use only the first N test samples (quick runs; 0 or unset: all)")
     drop_last: bool = option(False, "drop the last, smaller training batch of an epoch")
     image_size: int = option(224, "imagefolder: crop size")
     synthetic_shape: list[int] = option([3, 32, 32], "synthetic: C, H, W")
@@ -195,7 +196,19 @@ class TrainConfig:
     resume: str | None = option(
         None,
         "continue a run: auto (the newest complete checkpoint of this run folder, or start fresh; without "
-        "metrics.run_name, of the newest <mode>-<method>-* run folder) or a checkpoint/run folder PATH",
+        "metrics.run_name, of the newest <mode>-<method>-* run folder whose config equals this one) or a "
+        "checkpoint/run folder PATH",
+    )
+    resume_override: str = option(
+        "",
+        "comma-separated keys a resume may change although they affect the math (optim.lr,train.seed); "
+        "recorded in the run folder (resumes.jsonl) with the step they took effect at",
+    )
+    nan_policy: str = option(
+        "stop",
+        "a non-finite loss or gradient: stop (one line naming stage, module and step; no checkpoint of it), "
+        "skip (the step is dropped on the device and counted) or off",
+        ("stop", "skip", "off"),
     )
 
 
@@ -312,6 +325,7 @@ class JobConfig:
         """Check every choice and the cross-field rules; return self."""
         check_choices(self, "")
         _positive(self, ["data.batch_size", "data.eval_batch_size", "split.num_modules", "train.epochs"])
+        _check_numbers(self)
         if self.model.name == "cifar_resnet" and (self.model.depth - 2) % 6:
             raise ConfigError(f"model.depth={self.model.depth}: cifar_resnet depth must be 6n+2 (20, 32, 56, 110)")
         if len(self.data.synthetic_shape) != 3:
@@ -363,6 +377,24 @@ class JobConfig:
         if mode.check is not None:
             mode.check(self)
         return self
+
+
+def _check_numbers(cfg: JobConfig) -> None:
+    """Values that would train silently wrong: a learning rate that is not a finite positive number, a
+    negative subset (Python slicing would read -5 as "all but 5")."""
+    o = cfg.optim
+    if not (math.isfinite(o.lr) and o.lr > 0):
+        raise ConfigError(f"optim.lr={o.lr} must be a finite number > 0 (e.g. --optim.lr=0.1)")
+    if not (math.isfinite(o.warmup_lr) and o.warmup_lr >= 0) or not (
+        math.isfinite(o.weight_decay) and o.weight_decay >= 0
+    ):
+        raise ConfigError(
+            f"optim.warmup_lr={o.warmup_lr} and optim.weight_decay={o.weight_decay} must be finite and >= 0"
+        )
+    for key in ("train_subset", "test_subset"):
+        value = getattr(cfg.data, key)
+        if value is not None and value < 0:
+            raise ConfigError(f"data.{key}={value} must be >= 1 (the first N samples), or 0/unset for the full set")
 
 
 def _check_guidance(g: GuidanceConfig) -> None:
@@ -562,6 +594,8 @@ def _cast(value: Any, hint: Any, key: str) -> Any:
     if hint is str:
         if isinstance(value, str):
             return value
+        if value is False:  # YAML 1.1 reads a bare off (no, false) as False: the choice "off" of a string key
+            return "off"
         raise ConfigError(f"'{key}' needs a string, got {value!r}")
     return value
 

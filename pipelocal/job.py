@@ -9,8 +9,8 @@ rank from the same seed, and the one trainer (trainer.py) runs it.
 
 from __future__ import annotations
 
+import json
 import os
-import time
 from pathlib import Path
 
 import torch
@@ -18,10 +18,11 @@ import torch.distributed as dist
 
 from pipelocal import checkpoint
 from pipelocal.checkpoint import save_stage
-from pipelocal.config import ConfigError, JobConfig, dump_yaml, to_dict
+from pipelocal.config import ConfigError, JobConfig, dump_yaml
 from pipelocal.data import build_loaders
 from pipelocal.distributed.setup import destroy_distributed, init_distributed
 from pipelocal.distributed.topology import Topology
+from pipelocal.identity import check_resumable, locate_run, set_aside_newer
 from pipelocal.methods import METHODS
 from pipelocal.methods.base import LocalMethod
 from pipelocal.metrics import timeline
@@ -32,6 +33,7 @@ from pipelocal.metrics.timeline import TIMELINE
 from pipelocal.preemption import Preemption
 from pipelocal.runtime import determinism
 from pipelocal.runtime.profile import split_for
+from pipelocal.runtime.watchdog import Watchdog
 from pipelocal.schedules import MODES, Mode
 from pipelocal.trainer import Trainer
 
@@ -86,7 +88,12 @@ def run_job(cfg: JobConfig) -> RunSummary | None:
     if topo.distributed:
         dist.barrier(group=groups.control)
         destroy_distributed()
+    if _watchdog is not None:
+        _watchdog.close()
     return summary
+
+
+_watchdog: Watchdog | None = None
 
 
 def write_timeline(topo: Topology, groups, console: Console, run_dir: Path) -> None:
@@ -126,6 +133,8 @@ def start(cfg: JobConfig, mode: Mode):
                 f"torchrun started more processes than this node has GPUs: run it with --nproc_per_node=<GPUs>, "
                 "or on the CPU with --train.device=cpu"
             )
+        global _watchdog  # noqa: PLW0603 (one per process; it ends with the process in any case)
+        _watchdog = Watchdog(cfg.pipeline.timeout_s, topo.stage_index)
         threads = cfg.pipeline.threads if topo.device.type == "cpu" else 0
     else:
         check_single_process(cfg.mode)
@@ -164,14 +173,16 @@ def prepare(cfg: JobConfig, topo: Topology, groups, console: Console):
         checkpoint.clear_partial(run_dir / "checkpoints")
         meta = checkpoint.read_meta(resume) if resume else None
         if meta is not None:
-            check_resumable(cfg, meta, resume)
+            check_resumable(cfg, meta, resume, run_dir)
             set_aside_newer(run_dir / "checkpoints", resume, console.print)
             ranges = [tuple(r) for r in meta["ranges"]] if meta["ranges"] is not None else None
             console.print(f"resuming from {resume} (step {meta['step']}, epoch {meta['epoch'] + 1})")
         else:
-            ranges, split_line = split_for(cfg, info, topo.device)  # profiled once, here, so every rank agrees
+            # profiled once, here, so every rank agrees
+            ranges, split_line = split_for(cfg, info, topo.device, topo.num_stages, run_dir)
             console.print(split_line)
         dump_yaml(cfg, run_dir / "config.yaml")
+        console.print(record_data(cfg, info, train_loader.num_samples, test_loader.num_samples, run_dir))
         setup = {
             "info": info,
             "train_len": train_loader.num_samples,
@@ -190,6 +201,17 @@ def prepare(cfg: JobConfig, topo: Topology, groups, console: Console):
     return setup, loaders
 
 
+def record_data(cfg: JobConfig, info, train_len: int, test_len: int, run_dir: Path) -> str:
+    """The data the run read, as a line, and in ``data.json`` (files, sample counts, subsets)."""
+    d = cfg.data
+    subsets = {"train_subset": d.train_subset or None, "test_subset": d.test_subset or None}
+    record = {"name": d.name, "files": list(info.files), "train_samples": train_len, "test_samples": test_len}
+    (run_dir / "data.json").write_text(json.dumps({**record, **subsets}, indent=1))
+    train = f"first {train_len}" if d.train_subset else f"all {train_len}"
+    test = f"first {test_len}" if d.test_subset else f"all {test_len}"
+    return f"data: {d.name}, {train} training and {test} test samples, read from {', '.join(info.files) or '?'}"
+
+
 def describe(cfg: JobConfig, topo: Topology, strategy, run_dir: Path) -> str:
     stage = strategy.stage
     k = stage.method.info.num_modules
@@ -202,106 +224,6 @@ def describe(cfg: JobConfig, topo: Topology, strategy, run_dir: Path) -> str:
         f"{queue} | "
         f"units {units} | {cfg.data.name} | {where} | run dir {run_dir}"
     )
-
-
-def locate_run(cfg: JobConfig, say) -> tuple[Path, Path | None]:
-    """The run directory, and the checkpoint to resume from (None: a fresh start).
-
-    ``train.resume=auto`` continues the newest intact checkpoint of the run folder (``metrics.run_name``, or
-    without one the newest ``<mode>-<method>-*`` folder that has a checkpoint), or starts fresh; a PATH
-    continues that checkpoint (in its own run folder unless ``metrics.run_name`` names another). Without
-    resume, an existing run folder is an error: nothing is ever overwritten.
-    """
-    out, name, resume = Path(cfg.metrics.out_dir), cfg.metrics.run_name, cfg.train.resume
-    path = None
-    if resume == "auto":
-        run_dir = out / name if name else _newest_run(out, f"{cfg.mode}-{cfg.method.name}-")
-        path = checkpoint.latest(run_dir / "checkpoints", say) if run_dir is not None else None
-        if path is None:
-            say(f"train.resume=auto: no complete checkpoint in {run_dir or out}; starting fresh")
-        run_dir = run_dir or make_run_dir(cfg)
-    elif resume:
-        try:
-            path = checkpoint.resolve(resume, say)
-        except checkpoint.CheckpointError as err:
-            raise ConfigError(f"train.resume={resume}: {err}") from err
-        run_dir = out / name if name else path.parent.parent
-    else:
-        run_dir = make_run_dir(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir, path
-
-
-def set_aside_newer(root: Path, resume: Path, say) -> None:
-    """Resuming from an older checkpoint of this run abandons the newer ones: renamed ``abandoned-step-<n>``
-    (kept, but no longer found by resume=auto or pruned as if they came after the new ones)."""
-    if Path(resume).parent.resolve() != root.resolve():
-        return  # resumed from another run's checkpoint: this folder's own are not superseded
-    for path in checkpoint.complete(root):
-        if path.name > Path(resume).name:
-            path.rename(root / f"abandoned-{path.name}")
-            say(f"{path.name} is newer than the checkpoint resumed from: kept as abandoned-{path.name}")
-
-
-def _newest_run(out: Path, prefix: str) -> Path | None:
-    runs = [p for p in out.glob(f"{prefix}*") if checkpoint.complete(p / "checkpoints")]
-    return max(runs, key=lambda p: p.stat().st_mtime) if runs else None
-
-
-def make_run_dir(cfg: JobConfig) -> Path:
-    """A new run folder; a named one that exists already is an error (resume it, or pick another name)."""
-    out = Path(cfg.metrics.out_dir)
-    if cfg.metrics.run_name:
-        run_dir = out / cfg.metrics.run_name
-        if run_dir.exists() and any(run_dir.iterdir()):
-            raise ConfigError(
-                f"run folder {run_dir} exists already; continue it with --train.resume=auto, or choose another "
-                "--metrics.run_name (nothing is overwritten)"
-            )
-    else:
-        stem = f"{cfg.mode}-{cfg.method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        run_dir, n = out / stem, 1
-        while run_dir.exists():  # two runs started in the same second
-            n += 1
-            run_dir = out / f"{stem}-{n}"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
-
-
-# Config keys a checkpoint is bound to: the network, its split and the meaning of a step number. (A profiled
-# split, balance=time or memory, is not profiled again on resume: the checkpoint's is used.)
-RESUME_KEYS = (
-    "model.name",
-    "model.depth",
-    "model.norm",
-    "split.num_modules",
-    "split.balance",
-    "split.table",
-    "split.boundaries",
-    "method.name",
-    "data.name",
-    "data.batch_size",
-    "data.drop_last",
-    "data.train_subset",
-    "train.max_steps",
-)
-
-
-def check_resumable(cfg: JobConfig, meta: dict, path: Path) -> None:
-    """Refuse a checkpoint of another network or another step numbering, naming the keys that differ."""
-    now = to_dict(cfg)
-    differ = []
-    for key in RESUME_KEYS:
-        section, name = key.split(".")
-        theirs, ours = meta["config"][section][name], now[section][name]
-        if theirs != ours:
-            differ.append(f"{key}: {theirs!r} in the checkpoint, {ours!r} now")
-    if differ:
-        raise ConfigError(
-            f"checkpoint {path} was written by a different run: "
-            + "; ".join(differ)
-            + ". Resume with the same values, or start a new run"
-        )
 
 
 def pick_device(name: str) -> torch.device:

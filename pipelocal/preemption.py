@@ -69,9 +69,9 @@ class Preemption:
         self._timer = threading.Timer(GRACE_S, _give_up, (self.stage_index, name))
         self._timer.daemon = True
         self._timer.start()
-        print(
-            f"stage {self.stage_index}: {name}: every stage stops after a common step, writes a checkpoint and exits "
-            f"with code {PREEMPTED} (send it again to exit at once)",
+        print(  # no promise here: a stage shut down after another one failed never reaches a checkpoint
+            f"stage {self.stage_index}: {name}: stopping after a step every stage shares, to write a checkpoint "
+            "there (send it again to exit at once)",
             file=sys.stderr,
             flush=True,
         )

@@ -7,17 +7,20 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import traceback
 
 import torch
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from pipelocal.checkpoint import CheckpointError
+from pipelocal.checkpoint import CheckpointError, CheckpointWriteError
 from pipelocal.cli import config_from_argv
 from pipelocal.config import ConfigError
-from pipelocal.data import DatasetNotFoundError
+from pipelocal.data import DataFileError, DatasetNotFoundError
+from pipelocal.distributed.transport import PeerError
 from pipelocal.job import check_single_process, run_job  # noqa: F401  (check_single_process: part of the API)
 from pipelocal.preemption import PREEMPTED, Preempted
+from pipelocal.runtime.guard import Diverged, DivergedElsewhere
 
 
 def parse_args(argv: list[str]):
@@ -38,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         run_job(parse_args(sys.argv[1:] if argv is None else argv))
     except Preempted as err:
         stage = f"stage {os.environ['RANK']}" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "pipelocal"
-        print(f"{stage} stopped: {err}", file=sys.stderr, flush=True)
+        print(f"{stage} stopped: {err} (exit code {PREEMPTED})", file=sys.stderr, flush=True)
         if torch.distributed.is_initialized():
             os._exit(PREEMPTED)  # no collective teardown: a peer may be gone already
         return PREEMPTED
@@ -52,9 +55,21 @@ def cli(argv: list[str] | None = None) -> int:
     stage = f" on stage {os.environ['RANK']}" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
     try:
         return main(argv)
-    except (ConfigError, DatasetNotFoundError, CheckpointError) as err:
+    except CheckpointWriteError as err:
+        if os.environ.get("RANK", "0") == "0":  # every rank has the same failure (DCP gathers them): said once
+            print(f"error: {err}", file=sys.stderr, flush=True)
+        code = 2
+    except (ConfigError, DatasetNotFoundError, DataFileError, CheckpointError) as err:
         print(f"error{stage}: {err}", file=sys.stderr, flush=True)
         code = 2
+    except Diverged as err:
+        if not isinstance(err, DivergedElsewhere):
+            print(f"error: {err}", file=sys.stderr, flush=True)
+        code = 1
+    except PeerError as err:
+        print(f"error{stage}: {err}", file=sys.stderr, flush=True)
+        hold_for_the_peer(err)
+        code = 1
     except Exception as err:
         traceback.print_exc()
         print(f"error{stage}: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
@@ -63,6 +78,16 @@ def cli(argv: list[str] | None = None) -> int:
         os._exit(code)
     return code
 
+
+def hold_for_the_peer(err: PeerError) -> None:
+    """A peer that stopped answering is ended by its own watchdog (runtime/watchdog.py) within moments of
+    this process's timeout: waiting for that (at most ``HOLD_S``) lets torchrun see the stalled stage fail
+    first, so its report names that stage as the root cause rather than this healthy one."""
+    if torch.distributed.is_initialized() and "timed out" in str(err).lower():  # (a reset: the peer is dead already)
+        time.sleep(HOLD_S)
+
+
+HOLD_S = 3.0
 
 if __name__ == "__main__":
     sys.exit(cli())

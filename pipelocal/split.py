@@ -180,3 +180,37 @@ def balanced_ranges(unit_cost: list[float], head_cost: list[float], num_modules:
 def module_costs(ranges: list[Range], unit_cost: list[float], head_cost: list[float]) -> list[float]:
     """The predicted cost of each module of a split (same model as :func:`balanced_ranges`)."""
     return [sum(unit_cost[a:b]) + head_cost[b - 1] for a, b in ranges]
+
+
+def snapped_ranges(unit_cost: list[float], head_cost: list[float], num_modules: int, tie: float) -> list[Range]:
+    """A split whose costliest module is within ``tie`` (a fraction) of the best one's, chosen by a fixed rule:
+    the one nearest the uniform split (least squared distance of its boundaries from uniform's; then the
+    earliest boundaries). Measured costs wobble by a few percent from run to run; splits that differ by less
+    than that are ties, and the rule picks the same one of them every time."""
+    n = len(unit_cost)
+    best = max(module_costs(balanced_ranges(unit_cost, head_cost, num_modules), unit_cost, head_cost))
+    bound = best * (1 + tie)
+    prefix = [0.0]
+    for c in unit_cost:
+        prefix.append(prefix[-1] + c)
+    anchor = [b for _, b in uniform_ranges(n, num_modules)]  # uniform's module ends (exclusive)
+    inf = (float("inf"), ())
+    # best_to[k][b]: (distance, ends) of the nearest feasible split of units [0, b) into k modules
+    best_to = [[inf] * (n + 1) for _ in range(num_modules + 1)]
+    best_to[0][0] = (0.0, ())
+    for k in range(1, num_modules + 1):
+        for b in range(k, n + 1):
+            for a in range(k - 1, b):
+                dist, ends = best_to[k - 1][a]
+                if dist == inf[0] or prefix[b] - prefix[a] + head_cost[b - 1] > bound:
+                    continue
+                candidate = (dist + (b - anchor[k - 1]) ** 2, (*ends, b))
+                if candidate < best_to[k][b]:
+                    best_to[k][b] = candidate
+    ends = best_to[num_modules][n][1]
+    return ranges_from_boundaries([e - 1 for e in ends[:-1]], n)
+
+
+def boundaries_of(ranges: list[Range]) -> list[int]:
+    """The ``split.boundaries`` that give ``ranges`` back (module i ends after unit ``boundaries[i]``)."""
+    return [end - 1 for _, end in ranges[:-1]]

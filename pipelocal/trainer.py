@@ -22,6 +22,7 @@ last step (that one waits for the evaluation), so resuming at a step is resuming
 from __future__ import annotations
 
 import copy
+import sys
 import time
 
 import torch
@@ -34,6 +35,7 @@ from pipelocal.metrics.stats import StageStats
 from pipelocal.metrics.summary import RunSummary
 from pipelocal.optim import lr_for_step, set_lr
 from pipelocal.preemption import Preempted
+from pipelocal.runtime.guard import Guard
 
 
 class Trainer:
@@ -52,6 +54,9 @@ class Trainer:
         if preemption is not None:
             strategy.halt_requested = preemption.requested
         self._saved_at = None
+        self._skipped_before = 0
+        self.guard = Guard(cfg.train.nan_policy, strategy.stage, strategy.stage_index)
+        strategy.stage.numerics.guard = self.guard if self.guard.on else None
         self.profiler = StepProfiler.of(cfg.metrics.profile, log.run_dir, log.topo)  # None: off (metrics.profile)
 
     def fit(self) -> RunSummary | None:
@@ -78,6 +83,7 @@ class Trainer:
                 raise Preempted(self.step, self._saved_at[1] if self._saved_at else None)
         if every.final and (self._saved_at is None or self._saved_at[0] != self.step):
             self._save(self.cfg.train.epochs)
+        self.guard.verify()  # before the final weights (stage<s>.pt) are written
         strategy.stop()
         if self.profiler is not None:
             self.profiler.close()  # a pipeline stage's trace: every transfer begun inside the window has completed
@@ -95,7 +101,7 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         waits, begin = strategy.waits(), time.perf_counter()
-        halted, profiler = False, self.profiler
+        halted, profiler, guard = False, self.profiler, self.guard
         with self.log.epoch(epoch, steps, begin, waits, start) as on_step:
             i = start
             while limit is None or i < limit:
@@ -103,7 +109,11 @@ class Trainer:
                     profiler.at(self.step)
                 lr = lr_for_step(cfg, epoch, min(i, steps - 1), steps)
                 set_lr(optimizers, lr)
+                if guard.on:
+                    guard.begin(self.step)
                 result = strategy.step(self.step, stats)
+                if guard.on:
+                    guard.end(result)
                 if result is None:
                     break
                 stats.add(result)
@@ -111,6 +121,8 @@ class Trainer:
                 hook_start = time.perf_counter()
                 on_step(stats, result, strategy.waits, lr)
                 stats.log_s += time.perf_counter() - hook_start
+                if self.step % self.log.every == 0:
+                    guard.verify()  # at the log window: the host reads the device's flags with the log's
                 if strategy.halting:
                     halted = True
                     break
@@ -129,6 +141,17 @@ class Trainer:
         stats.send_wait_s += send - waits[1]
         if not halted or i == limit:
             stats.close()
+        if guard.on:
+            guard.verify()
+            stats.skipped = guard.skipped - self._skipped_before
+            self._skipped_before = guard.skipped
+            if stats.skipped:
+                print(
+                    f"stage {strategy.stage_index}: {stats.skipped} steps of epoch {epoch + 1} dropped for a "
+                    "non-finite loss or gradient (train.nan_policy=skip)",
+                    file=sys.stderr,
+                    flush=True,
+                )
         return stats, halted
 
     def _save(self, epoch: int, stats: StageStats | None = None, elapsed: float = 0.0):
@@ -136,6 +159,7 @@ class Trainer:
         start of ``epoch``, numbered by the plan (a replay stage's own step count differs from its producer's)."""
         if self.saver is None:
             return None
+        self.guard.verify(self.saver.group if self.saver.topo.distributed else None)  # never a diverged state
         partial, step = None, epoch * len(self.strategy.plan.train_rows)
         if stats is not None:
             partial, step = copy.copy(stats), self.step

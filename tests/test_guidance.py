@@ -59,9 +59,9 @@ def test_guidance_schedule_refusals(overrides, message):
 
 
 def _setup(method, *extra):
-    cfg = tiny_config(
-        f"--method.name={method}", "--split.num_modules=4", "--optim.lr=0", "--optim.weight_decay=0", *extra
-    )
+    cfg = tiny_config(f"--method.name={method}", "--split.num_modules=4", "--optim.weight_decay=0", *extra)
+    if not any(a.startswith("--optim.lr=") for a in extra):
+        cfg.optim.lr = 0.0  # weights stay put while gradients are compared (a value a user's run refuses)
     loader, _, info = build_loaders(cfg.data, CPU, cfg.train.seed)
     net = build_local_net(cfg, info)
     return net, build_optimizers(net.local_modules, cfg.optim), next(iter(loader))

@@ -85,10 +85,11 @@ def test_e2e_resumes_exactly(tmp_path):  # with AdamW: its moments and step coun
 
 
 def test_resume_auto_continues_its_folder_and_appends_metrics(full, tmp_path):
-    """A run stopped after step 6 (its later checkpoint and metrics gone), continued with resume=auto."""
+    """A run stopped after step 6 (its later checkpoint, metrics and summary gone), continued with resume=auto."""
     run = tmp_path / "a"
     _run(tmp_path, "a", "--train.epochs=2")
     (run / "checkpoints" / "step-00000008").rename(tmp_path / "moved")
+    (run / "summary.json").unlink()  # a stopped run has none (a finished one is never rewritten)
     lines = (run / "metrics.jsonl").read_text().splitlines()
     (run / "metrics.jsonl").write_text(lines[0] + "\n")  # epoch 1's line only, as at step 6
     _run(tmp_path, "a", "--train.resume=auto")

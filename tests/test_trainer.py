@@ -18,8 +18,10 @@ from tests.conftest import tiny_config
 CPU = torch.device("cpu")
 
 
-def _setup(*overrides):
+def _setup(*overrides, lr=None):
     cfg = tiny_config(*overrides)
+    if lr is not None:
+        cfg.optim.lr = lr  # 0: weights stay put while gradients are compared (a value a user's run refuses)
     loader, _, info = build_loaders(cfg.data, CPU, cfg.train.seed)
     net = build_local_net(cfg, info)
     return cfg, net, build_optimizers(net.local_modules, cfg.optim), next(iter(loader))
@@ -27,7 +29,7 @@ def _setup(*overrides):
 
 def test_sequential_e2e_is_plain_backprop():
     """mode=sequential with method e2e at K=3 gives the gradients of the unsplit backbone."""
-    cfg, net, opts, batch = _setup("--method.name=e2e", "--split.num_modules=3", "--optim.lr=0")
+    cfg, net, opts, batch = _setup("--method.name=e2e", "--split.num_modules=3", lr=0.0)
     train_step(net, batch, opts, per_module=False)
     whole = build_local_net(tiny_config("--method.name=e2e", "--mode=e2e"), _info(cfg))
     whole.load_state_dict(_renamed(net, whole), strict=True)  # same weights, one module

@@ -10,12 +10,22 @@ reconstruct it (InfoPro).
 """
 
 from pipelocal.data.loaders import FolderLoader, TensorLoader, augment, build_loaders
-from pipelocal.data.sources import RECIPES, SOURCES, Batch, DataInfo, DatasetNotFoundError, Recipe, Split
+from pipelocal.data.sources import (
+    RECIPES,
+    SOURCES,
+    Batch,
+    DataFileError,
+    DataInfo,
+    DatasetNotFoundError,
+    Recipe,
+    Split,
+)
 
 __all__ = [
     "RECIPES",
     "SOURCES",
     "Batch",
+    "DataFileError",
     "DataInfo",
     "DatasetNotFoundError",
     "FolderLoader",

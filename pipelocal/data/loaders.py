@@ -13,7 +13,17 @@ import torch
 import torch.nn.functional as F
 
 from pipelocal.config import DataConfig
-from pipelocal.data.sources import RECIPES, SOURCES, Batch, DataInfo, Recipe, Split, candidate_roots, not_found
+from pipelocal.data.sources import (
+    RECIPES,
+    SOURCES,
+    Batch,
+    DataFileError,
+    DataInfo,
+    Recipe,
+    Split,
+    candidate_roots,
+    not_found,
+)
 
 
 class TensorLoader:
@@ -122,7 +132,6 @@ class FolderLoader:
     """ImageNet-style ``train/`` and ``val/`` folders through a DataLoader with workers."""
 
     def __init__(self, root: Path, cfg: DataConfig, recipe: Recipe, device: torch.device, train: bool, seed: int):
-        import torchvision.datasets as tvd
         import torchvision.transforms as T
 
         size = cfg.image_size
@@ -130,7 +139,7 @@ class FolderLoader:
             tf = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor()])
         else:
             tf = T.Compose([T.Resize(int(size * 256 / 224)), T.CenterCrop(size), T.ToTensor()])
-        self.dataset = tvd.ImageFolder(str(root / ("train" if train else "val")), transform=tf)
+        self.dataset = _image_folder(root, train, tf)
         self.device = device
         self.mean = torch.tensor(recipe.mean, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(recipe.std, device=device).view(1, -1, 1, 1)
@@ -199,6 +208,32 @@ class EpochBatches(torch.utils.data.Sampler):
         return iter(b.tolist() for b in batches)
 
 
+def _image_folder(root: Path, train: bool, transform):
+    """train/ or val/ as an ImageFolder whose labels are train/'s class indices: a class missing from val/
+    keeps its index (torchvision would renumber the rest); one that train/ lacks is an error."""
+    import torchvision.datasets as tvd
+
+    classes = sorted(e.name for e in (root / "train").iterdir() if e.is_dir())
+    if not classes:
+        raise DataFileError(f"{root / 'train'} has no class folders (it needs one subfolder per class)")
+
+    class Indexed(tvd.ImageFolder):
+        def find_classes(self, directory):
+            found = sorted(e.name for e in Path(directory).iterdir() if e.is_dir())
+            extra = sorted(set(found) - set(classes))
+            if extra:
+                raise DataFileError(
+                    f"{directory} has classes that {root / 'train'} lacks: {', '.join(extra)}; a model cannot "
+                    "learn them (remove them, or add them to train/)"
+                )
+            return classes, {name: i for i, name in enumerate(classes)}
+
+    try:
+        return Indexed(str(root / ("train" if train else "val")), transform=transform, allow_empty=not train)
+    except FileNotFoundError as err:  # a train/ class without images
+        raise DataFileError(f"{root / 'train'}: {err}") from err
+
+
 def _folder_loaders(cfg: DataConfig, device: torch.device, seed: int):
     tried = candidate_roots(cfg, "imagenet")
     for root in tried:
@@ -206,7 +241,8 @@ def _folder_loaders(cfg: DataConfig, device: torch.device, seed: int):
             recipe = RECIPES["imagefolder"]
             train = FolderLoader(root, cfg, recipe, device, True, seed)
             test = FolderLoader(root, cfg, recipe, device, False, seed)
-            info = DataInfo(len(train.dataset.classes), (3, cfg.image_size, cfg.image_size))
+            files = (str(root / "train"), str(root / "val"))
+            info = DataInfo(len(train.dataset.classes), (3, cfg.image_size, cfg.image_size), files)
             return train, test, info
     raise not_found("imagefolder", tried, " The folder needs train/ and val/ with one subfolder per class.")
 
@@ -220,12 +256,13 @@ def build_loaders(cfg: DataConfig, device: torch.device, seed: int = 0):
 
         return user_loaders(cfg, device, seed)
     train, test, classes = SOURCES.get(cfg.name)(cfg)
-    if cfg.train_subset:
-        train = Split(train.images[: cfg.train_subset], train.labels[: cfg.train_subset])
+    if cfg.train_subset:  # (validated >= 0; 0 or None: the full set)
+        train = Split(train.images[: cfg.train_subset], train.labels[: cfg.train_subset], train.files)
     if cfg.test_subset:
-        test = Split(test.images[: cfg.test_subset], test.labels[: cfg.test_subset])
+        test = Split(test.images[: cfg.test_subset], test.labels[: cfg.test_subset], test.files)
     recipe = RECIPES[cfg.name] if cfg.augment else _no_augment(RECIPES[cfg.name])
-    info = DataInfo(classes, tuple(train.images.shape[1:]))
+    files = tuple(dict.fromkeys(train.files + test.files))
+    info = DataInfo(classes, tuple(train.images.shape[1:]), files)
     train_loader = TensorLoader(train, recipe, cfg.batch_size, device, True, seed, cfg.drop_last)
     test_loader = TensorLoader(test, recipe, cfg.eval_batch_size, device, False)
     return train_loader, test_loader, info

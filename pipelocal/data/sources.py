@@ -21,6 +21,10 @@ class DatasetNotFoundError(FileNotFoundError):
     """A dataset is not on disk; the message names every path tried and how to get it."""
 
 
+class DataFileError(ValueError):
+    """A data file is there but unreadable (truncated, corrupt, of another format); the message names it."""
+
+
 @dataclass
 class Batch:
     x: torch.Tensor  # normalised input
@@ -46,12 +50,14 @@ class Recipe:
 class Split:
     images: torch.Tensor  # uint8 (N, C, H, W)
     labels: torch.Tensor  # int64 (N,)
+    files: tuple[str, ...] = ()  # what was read from disk (printed and recorded: data.json in the run folder)
 
 
 @dataclass
 class DataInfo:
     num_classes: int
     input_shape: tuple[int, int, int]
+    files: tuple[str, ...] = ()  # every file or folder the run read its data from
 
 
 SOURCES: Registry = Registry("dataset")
@@ -73,19 +79,22 @@ RECIPES = {
 
 
 def candidate_roots(cfg: DataConfig, *subdirs: str) -> list[Path]:
-    """Where a dataset may be: the user's root, ./data, $PIPELOCAL_DATA, /usr/share/datasets (Debian)."""
-    bases = [Path(cfg.root).expanduser()] if cfg.root else []
-    bases += [Path("data"), Path(os.environ.get("PIPELOCAL_DATA", "~/.cache/pipelocal")).expanduser()]
-    bases.append(Path("/usr/share/datasets"))
+    """Where a dataset may be: the user's ``data.root`` only (an explicit root never falls back to another
+    copy), else ./data, $PIPELOCAL_DATA, /usr/share/datasets (Debian)."""
+    if cfg.root:
+        bases = [Path(cfg.root).expanduser()]
+    else:
+        bases = [Path("data"), Path(os.environ.get("PIPELOCAL_DATA", "~/.cache/pipelocal")).expanduser()]
+        bases.append(Path("/usr/share/datasets"))
     return [base / sub for base in bases for sub in subdirs] + bases
 
 
 def not_found(name: str, tried: list[Path], extra: str = "") -> DatasetNotFoundError:
-    paths = "\n  ".join(str(p) for p in tried)
+    paths = ", ".join(str(p) for p in tried)
     return DatasetNotFoundError(
-        f"dataset '{name}' not found. Tried:\n  {paths}\n"
+        f"dataset '{name}' not found; tried {paths}. "
         f"Fix: point --data.root at a folder that holds it, or pass --data.download=true to let torchvision "
-        f"fetch it into --data.root (default ./data).{extra}"
+        f"fetch it into --data.root (default ./data).{extra.replace(chr(10), ' ')}"
     )
 
 
@@ -93,11 +102,23 @@ def not_found(name: str, tried: list[Path], extra: str = "") -> DatasetNotFoundE
 
 
 def _read_idx(path: Path) -> np.ndarray:
+    """An idx file (uint8), checked against its own header: a short or damaged file is named, not reshaped."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    _, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as err:  # gzip: BadGzipFile (an OSError) or EOFError on a cut stream
+        raise DataFileError(f"data file {path} cannot be read ({type(err).__name__}: {err}); fetch it again") from err
+    zero, dtype_code, ndim = struct.unpack(">HBB", data[:4]) if len(data) >= 4 else (1, 0, 0)
+    if zero != 0 or dtype_code != 0x08 or not 1 <= ndim <= 4 or len(data) < 4 + 4 * ndim:
+        raise DataFileError(f"data file {path} is not an idx file of bytes (bad header); fetch it again")
     shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    want, have = int(np.prod(shape)), len(data) - 4 - 4 * ndim
+    if have != want:
+        raise DataFileError(
+            f"data file {path} is truncated or corrupt: its header says {want} bytes of data, it holds {have}; "
+            "fetch it again"
+        )
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
@@ -120,7 +141,10 @@ def _idx_dataset(name: str, cfg: DataConfig, subdirs: list[str], torchvision_cls
             if None in paths:
                 break
             x, y = (_read_idx(p) for p in paths)
-            found[split] = Split(torch.from_numpy(x.copy()).unsqueeze(1), torch.from_numpy(y.astype(np.int64)))
+            if len(x) != len(y):
+                raise DataFileError(f"data files {paths[0]} and {paths[1]} hold {len(x)} images but {len(y)} labels")
+            images, labels = torch.from_numpy(x.copy()).unsqueeze(1), torch.from_numpy(y.astype(np.int64))
+            found[split] = Split(images, labels, tuple(str(p) for p in paths))
         if len(found) == 2:
             return found["train"], found["test"], 10
     raise not_found(name, tried, extra)
@@ -154,17 +178,19 @@ def _torchvision_split(name: str, cfg: DataConfig, cls_name: str, split_kw: dict
 
     cls = getattr(tvd, cls_name)
     tried = [Path(cfg.root or "data").expanduser()] if cfg.download else candidate_roots(cfg)
+    errors = []
     for root in tried:
         try:
             ds = cls(str(root), download=cfg.download, **split_kw)
-        except (RuntimeError, FileNotFoundError):
+        except (RuntimeError, FileNotFoundError) as err:  # torchvision: "Dataset not found or corrupted"
+            errors.append(f"{root}: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
             continue
         images = torch.from_numpy(np.ascontiguousarray(ds.data))
         if images.ndim == 4 and images.shape[-1] == 3:  # CIFAR stores NHWC
             images = images.permute(0, 3, 1, 2).contiguous()
         labels = torch.as_tensor(np.asarray(getattr(ds, labels_attr)), dtype=torch.int64)
-        return Split(images, labels)
-    raise not_found(name, tried)
+        return Split(images, labels, (str(Path(ds.root) / getattr(ds, "base_folder", "")),))
+    raise not_found(name, tried, f" (torchvision said: {'; '.join(errors[:3])})" if errors else "")
 
 
 def _register_torchvision(name: str, cls_name: str, train_kw: dict, test_kw: dict, labels_attr: str, classes: int):
@@ -196,6 +222,6 @@ def synthetic(cfg: DataConfig):
         labels = torch.randint(0, classes, (n,), generator=gen)
         noise = torch.randn(n, channels, height, width, generator=gen) * cfg.synthetic_noise
         images = ((prototypes[labels] + noise).clamp(0, 1) * 255).round().to(torch.uint8)
-        return Split(images, labels)
+        return Split(images, labels, ("synthetic (generated, no file)",))
 
     return draw(cfg.synthetic_train), draw(cfg.synthetic_test), classes

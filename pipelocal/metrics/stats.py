@@ -54,6 +54,7 @@ class StageStats:
     buffer_bytes_peak: int = 0
     cuda_peak_bytes: int | None = None
     static_bytes: dict = field(default_factory=dict)  # parameters, gradients, optimizer state (metrics/memory.py)
+    skipped: int = 0  # steps dropped for a non-finite loss or gradient (train.nan_policy=skip)
     dp_wait_s: float = 0.0  # replicas: optimizer steps waiting for their gradients' all-reduce (not hidden by overlap)
     replicas: int = 1  # processes whose figures these are (a stage's data-parallel replicas, merged)
     # Running sums on the device (no host sync per step); turned into ``loss`` by ``close``.
@@ -170,6 +171,7 @@ class StageEpoch:
     dp_wait_frac: float = 0.0  # replicas: waiting for the gradient all-reduce, of wall time
     dp_wait_s_per_step: float = 0.0
     replicas: int = 1
+    skipped: int = 0  # steps dropped for a non-finite loss or gradient (train.nan_policy=skip)
 
     @classmethod
     def of(cls, g: StageStats) -> StageEpoch:
@@ -209,6 +211,7 @@ class StageEpoch:
             dp_wait_frac=g.dp_wait_s / wall,
             dp_wait_s_per_step=g.dp_wait_s / steps,
             replicas=g.replicas,
+            skipped=g.skipped,
         )
 
     def cells(self) -> list:

@@ -41,6 +41,7 @@ class Numerics:
         self.name, self.dtype, self.device_type = precision, DTYPES[precision], device.type
         self.channels_last, self.compiled = channels_last, compiled
         self.scalers = [torch.amp.GradScaler(device.type) for _ in range(num_optimizers)] if self.fp16 else None
+        self.guard = None  # train.nan_policy (runtime/guard.py), set by the trainer: sees every optimizer step
         for scaler in self.scalers or []:
             scaler.scale(torch.zeros((), device=device))  # makes its scale tensor now (torch makes it lazily)
 
@@ -115,6 +116,8 @@ class Numerics:
     def step(self, j: int, optimizer: torch.optim.Optimizer) -> None:
         """Optimizer ``j``'s step; with fp16 skipped when its gradients overflowed, and its scale updated.
         (GradScaler decides on the host: one read of its overflow flag per optimizer step, in fp16 only.)"""
+        if self.guard is not None:
+            self.guard.optimizer_step(j, optimizer)
         if not self.scalers:
             optimizer.step()
             return

@@ -1,15 +1,27 @@
 """Profile every unit with the aux head it would carry, on the real device, for ``split.balance: time|memory``.
 
 For unit u, "its head" is the method's head as if a module ended after u (the classifier for the last
-unit). Time is forward + local loss + backward, median of a few repeats at the training batch size;
-memory is the peak bytes saved for backward. AugLocal-style heads are costly: that is why they count.
+unit). Time is forward + local loss + backward at the training batch size: the median over ``ROUNDS``
+rounds of each round's median of ``REPEATS`` (a round profiles every unit once, so a burst of load on the
+machine touches one round, not one unit's figure); memory is the peak bytes saved for backward. AugLocal-
+style heads are costly: that is why they count.
+
+A time split is a function of the hardware (and of its load while profiling). To make it reproducible,
+splits whose slowest module is within ``TIE`` of the best are ties and the one nearest the uniform split is
+taken (split.py, ``snapped_ranges``), and the chosen split is kept in the run folder (``split.json``) under
+its key (model, method, K, P, batch, precision, device kind): a later run of the same key under the same
+``metrics.out_dir`` reuses it instead of profiling again. ``--split.boundaries`` with the boundaries the
+split line prints reproduces it anywhere.
 """
 
 from __future__ import annotations
 
+import json
+import platform
 import statistics
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import torch
 
@@ -20,7 +32,10 @@ from pipelocal.metrics.memory import SavedTensorMeter
 from pipelocal.options import mode_traits
 from pipelocal.runtime.local_net import backbone_for
 from pipelocal.runtime.numerics import Numerics
-from pipelocal.split import balanced_ranges, module_costs, module_ranges
+from pipelocal.split import balanced_ranges, boundaries_of, module_costs, module_ranges, snapped_ranges
+
+ROUNDS, REPEATS = 3, 3
+TIE = 0.05  # splits whose slowest module is within 5 % of the best one's are ties (measurement noise)
 
 
 @dataclass
@@ -31,7 +46,9 @@ class UnitProfile:
     head_bytes: list[float]
 
 
-def profile_units(cfg: JobConfig, data: DataInfo, device: torch.device, repeats: int = 5) -> UnitProfile:
+def profile_units(
+    cfg: JobConfig, data: DataInfo, device: torch.device, repeats: int = 5, warmup: int = 2
+) -> UnitProfile:
     numerics = Numerics.of(cfg, device)  # profiled as trained: the same dtype and memory format
     backbone = numerics.prepare(backbone_for(cfg, data).to(device))
     n, k = backbone.num_units, cfg.split.num_modules
@@ -43,7 +60,7 @@ def profile_units(cfg: JobConfig, data: DataInfo, device: torch.device, repeats:
     for u, unit in enumerate(backbone.units):
         head = CrossEntropyHead(backbone.classifier) if u == n - 1 else _head_at(cfg, data, backbone, u, k)
         head = numerics.prepare(head.to(device)) if head is not None else None
-        t_unit, b_unit, t_head, b_head, x = _measure(unit, head, x, batch, device, repeats, numerics)
+        t_unit, b_unit, t_head, b_head, x = _measure(unit, head, x, batch, device, repeats, numerics, warmup)
         prof.unit_s.append(t_unit)
         prof.unit_bytes.append(b_unit)
         prof.head_s.append(t_head)
@@ -73,11 +90,11 @@ def _head_at(cfg: JobConfig, data: DataInfo, backbone, unit: int, num_modules: i
     return method.build_head(index) if method.loss_spans(index) else None
 
 
-def _measure(unit, head, x, batch, device, repeats, numerics):
+def _measure(unit, head, x, batch, device, repeats, numerics, warmup):
     """(unit seconds, unit bytes, head seconds, head bytes, unit output) for one unit and its head."""
     meter = SavedTensorMeter(list(unit.parameters()) + (list(head.parameters()) if head else []))
     unit_times, head_times = [], []
-    for i in range(repeats + 2):  # two warm-up passes
+    for i in range(repeats + warmup):  # warm-up passes first
         xi = x.detach().requires_grad_(True)
         start = _now(device)
         meter.reset_peak()
@@ -94,7 +111,7 @@ def _measure(unit, head, x, batch, device, repeats, numerics):
             head_bytes = meter.peak
             loss.backward()
         end = _now(device)
-        if i >= 2:
+        if i >= warmup:
             unit_times.append(mid - start)
             head_times.append(end - mid)
     return statistics.median(unit_times), unit_bytes, statistics.median(head_times), head_bytes, h.detach()
@@ -106,19 +123,45 @@ def _now(device: torch.device) -> float:
     return time.perf_counter()
 
 
-def plan_split(cfg: JobConfig, data: DataInfo, device: torch.device, num_units: int, positions) -> tuple[list, str]:
+def profile_rounds(cfg: JobConfig, data: DataInfo, device: torch.device, rounds: int = ROUNDS) -> UnitProfile:
+    """``rounds`` profiles, each unit's figures their median (memory does not vary; time does)."""
+    # 3 rounds of 3 timed passes (warm-up in the first round only): 11 passes per unit, against 7 for one round
+    runs = [profile_units(cfg, data, device, REPEATS, 2 if r == 0 else 0) for r in range(rounds)]
+    return UnitProfile(
+        *(list(map(statistics.median, zip(*(getattr(r, f) for r in runs)))) for f in UnitProfile.__dataclass_fields__)
+    )
+
+
+def plan_split(
+    cfg: JobConfig, data: DataInfo, device: torch.device, num_units: int, positions, stages: int = 1, run_dir=None
+) -> tuple[list, str]:
     """The module ranges the config asks for, and a line describing the choice (with predicted costs)."""
     if cfg.split.boundaries is not None or cfg.split.balance in ("uniform", "table"):
         ranges = module_ranges(cfg.split, num_units, cfg.model.depth, positions, cfg.data.name)
         return ranges, f"split ({cfg.split.balance if cfg.split.boundaries is None else 'boundaries'}): {ranges}"
-    prof = profile_units(cfg, data, device)
+    key = split_key(cfg, data, device, stages)
+    cached = find_cached(Path(cfg.metrics.out_dir), key) if cfg.split.balance == "time" else None
+    if cached is not None:
+        ranges, where = cached
+        line = f"split (balance=time, as profiled for {where.parent.name}, same model, K, P and {key['device']}): "
+    else:
+        ranges, line = _profiled(cfg, data, device, num_units, positions)
+    if run_dir is not None:
+        record = {"key": key, "ranges": ranges, "boundaries": boundaries_of(ranges)}
+        (Path(run_dir) / "split.json").write_text(json.dumps(record, indent=1))
+    return ranges, f"{line}{ranges if cached else ''} (--split.boundaries={boundaries_of(ranges)} reproduces it)"
+
+
+def _profiled(cfg: JobConfig, data: DataInfo, device: torch.device, num_units: int, positions) -> tuple[list, str]:
+    prof = profile_rounds(cfg, data, device) if cfg.split.balance == "time" else profile_units(cfg, data, device)
     if cfg.split.balance == "time":
         unit_cost, head_cost, unit = prof.unit_s, prof.head_s, "ms"
         scale = 1e3
+        ranges = snapped_ranges(unit_cost, head_cost, cfg.split.num_modules, TIE)
     else:
         unit_cost, head_cost, unit = prof.unit_bytes, prof.head_bytes, "MiB"
         scale = 1 / 2**20
-    ranges = balanced_ranges(unit_cost, head_cost, cfg.split.num_modules)
+        ranges = balanced_ranges(unit_cost, head_cost, cfg.split.num_modules)
     costs = [round(c * scale, 1) for c in module_costs(ranges, unit_cost, head_cost)]
     uniform = module_ranges(replace(cfg.split, balance="uniform"), num_units, cfg.model.depth, positions, cfg.data.name)
     uniform_costs = [round(c * scale, 1) for c in module_costs(uniform, unit_cost, head_cost)]
@@ -128,9 +171,48 @@ def plan_split(cfg: JobConfig, data: DataInfo, device: torch.device, num_units: 
     )
 
 
-def split_for(cfg: JobConfig, data: DataInfo, device: torch.device) -> tuple[list | None, str]:
-    """``plan_split`` for the configured backbone (None: e2e, one module)."""
+def split_key(cfg: JobConfig, data: DataInfo, device: torch.device, stages: int) -> dict:
+    """What a profiled time split depends on: the network and its heads, the batch, the numerics, the device."""
+    t = cfg.train
+    return {
+        "model": asdict(cfg.model),
+        "method": asdict(cfg.method),
+        "K": cfg.split.num_modules,
+        "P": stages,
+        "batch": cfg.data.batch_size,
+        "input": list(data.input_shape),
+        "numerics": [t.precision, t.channels_last, t.compile],
+        "device": device_kind(device),
+        "threads": cfg.pipeline.threads if stages > 1 else t.threads,
+    }
+
+
+def device_kind(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
+    except OSError:
+        names = []
+    return f"cpu {names[0] if names else platform.processor() or platform.machine()}"
+
+
+def find_cached(out_dir: Path, key: dict) -> tuple[list, Path] | None:
+    """The split of the newest run under ``out_dir`` whose ``split.json`` has ``key``."""
+    found = []
+    for path in out_dir.glob("*/split.json"):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if record.get("key") == json.loads(json.dumps(key)):
+            found.append((path.stat().st_mtime, [tuple(r) for r in record["ranges"]], path))
+    return max(found)[1:] if found else None
+
+
+def split_for(cfg: JobConfig, data: DataInfo, device: torch.device, stages: int = 1, run_dir=None):
+    """``plan_split`` for the configured backbone (None: e2e, one module), and its line."""
     if mode_traits(cfg.mode).one_module:
         return None, f"split: one module ({cfg.mode}: the whole net in every process)"
     backbone = backbone_for(cfg, data)
-    return plan_split(cfg, data, device, backbone.num_units, backbone.positions)
+    return plan_split(cfg, data, device, backbone.num_units, backbone.positions, stages, run_dir)

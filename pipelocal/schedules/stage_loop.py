@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 
 import torch
@@ -207,8 +208,9 @@ class StageLoop:
 
 
 def injected_fault(stage_index: int) -> tuple[int, str] | None:
-    """Test hook: ``PIPELOCAL_INJECT_FAULT=stage:step:raise|hang|kill`` makes that stage fail at that step
-    (``kill``: SIGKILL itself), in a job's first attempt only (a torchrun restart runs clean)."""
+    """Test hook: ``PIPELOCAL_INJECT_FAULT=stage:step:raise|hang|kill|stop`` makes that stage fail at that step
+    (``kill``: SIGKILL itself; ``stop``: SIGSTOP itself), in a job's first attempt only (a torchrun restart
+    runs clean)."""
     spec = os.environ.get("PIPELOCAL_INJECT_FAULT")
     if not spec or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
         return None
@@ -221,4 +223,7 @@ def _inject(kind: str, stage_index: int, step: int) -> None:
         time.sleep(10**6)
     if kind == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
+    if kind == "stop":  # frozen: not even a thread runs (the watchdog's case)
+        print(f"stage {stage_index} stops itself at {time.time():.3f}", file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGSTOP)
     raise RuntimeError(f"injected fault on stage {stage_index} at step {step} (PIPELOCAL_INJECT_FAULT)")
