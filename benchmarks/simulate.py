@@ -23,11 +23,22 @@ from pipelocal.sim.model import draw_gantt, simulate
 COLUMNS = ["net", "K", "GPUs", "link", "method", "layout", "samples/s", "vs DDP", "vs 1F1B", "bound", "memory GiB"]
 
 
-def project(out: str | None) -> None:
-    from simulate_project import ASSUMPTIONS, METHODS, project
+def project(out: str | None, reread: bool = False) -> None:
+    """Simulate the projections (or, ``reread``, take them from projections.json) and write them out."""
+    from simulate_project import project
 
     folder = results_dir("simulate", out)
-    rows = project()
+    if reread:
+        rows = json.loads((folder / "projections.json").read_text())["rows"]
+    else:
+        rows = project()
+        (folder / "projections.json").write_text(json.dumps({"rows": rows}, indent=1))
+    write_projections(folder, rows)
+
+
+def write_projections(folder: Path, rows: list[dict]) -> None:
+    from simulate_project import ASSUMPTIONS, METHODS
+
     table = []
     for r in rows:
         base = [r["net"], r["K"], f"{r['n']}x{r['gpu']}", r["link"]]
@@ -47,7 +58,8 @@ def project(out: str | None) -> None:
         + markdown_table(["assumption", "value", "source"], [list(a) for a in ASSUMPTIONS])
         + "\n\n## Projections"
     )
-    text = header + "\n\n" + markdown_table(COLUMNS, table) + "\n"
+    text = header + "\n\n" + reading(rows) + "\n\n" + excerpt(rows) + "\n\n### Every cell\n\n"
+    text += markdown_table(COLUMNS, table) + "\n"
     (folder / "projections.md").write_text(text)
     (folder / "projections.json").write_text(json.dumps({"assumptions": ASSUMPTIONS, "rows": rows}, indent=1))
     with (folder / "projections.csv").open("w") as f:
@@ -55,6 +67,54 @@ def project(out: str | None) -> None:
         f.writelines(",".join("" if v is None else str(v) for v in row) + "\n" for row in table)
     plot(rows, folder / "projections.png")
     print(folder / "projections.md")
+
+
+def reading(rows: list[dict]) -> str:
+    """Where the best local method beats the best exact-gradient schedule (DDP or 1F1B), by how much, where it
+    cannot, and how close it runs to its own bound; every figure from the rows."""
+    from simulate_project import METHODS
+
+    lines = ["### Reading", ""]
+    for net in dict.fromkeys(r["net"] for r in rows):
+        sel = [r for r in rows if r["net"] == net]
+        ratios, gaps, losses = [], [], []
+        for r in sel:
+            local = max((r[m] for m in METHODS if m in r), key=lambda x: x["rate"])
+            e2e = max(r[k]["rate"] for k in ("ddp", "1f1b") if k in r)
+            ratios.append(local["rate"] / e2e)
+            gaps.append(local["rate"] / local["bound"])
+            if local["rate"] < e2e:
+                losses.append(f"K={r['K']} {r['n']}x{r['gpu']} {r['link']} ({local['rate'] / e2e:.2f}x)")
+        ratios.sort()
+        wins = sum(x > 1 for x in ratios)
+        lines.append(
+            f"- **{net}**: the best local method beats the best of DDP and 1F1B in {wins} of {len(ratios)} cells, "
+            f"by {ratios[len(ratios) // 2]:.2f}x at the median (range {ratios[0]:.2f}x-{ratios[-1]:.2f}x); it runs "
+            f"at {min(gaps):.0%}-{max(gaps):.0%} of its own bound (R x rows over its slowest stage)."
+            + (f" It loses at: {', '.join(losses)}." if losses else "")
+        )
+        for m in METHODS:
+            per = sorted(r[m]["rate"] / max(r[k]["rate"] for k in ("ddp", "1f1b") if k in r) for r in sel if m in r)
+            if per:
+                lines.append(f"  - {m}: {per[len(per) // 2]:.2f}x the best exact-gradient schedule at the median")
+    return "\n".join(lines)
+
+
+def excerpt(rows: list[dict], n: int = 8, gpu: str = "H100") -> str:
+    """One line per net and K at ``n`` GPUs: samples/s (layout) of each schedule on both links."""
+    from simulate_project import METHODS
+
+    keys = [*METHODS, "1f1b", "ddp"]
+    cols = ["net", "K", "link", *keys, "best local / best exact"]
+    table = []
+    for r in rows:
+        if r["n"] != n or r["gpu"] != gpu:
+            continue
+        cells = [f"{r[k]['rate'] / 1e3:.1f}k ({r[k]['layout']})" if k in r else "-" for k in keys]
+        local = max(r[m]["rate"] for m in METHODS if m in r)
+        exact = max(r[k]["rate"] for k in ("ddp", "1f1b") if k in r)
+        table.append([r["net"], r["K"], r["link"], *cells, round(local / exact, 2)])
+    return f"### {n} x {gpu}: samples/s (P x R)\n\n" + markdown_table(cols, table)
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -103,6 +163,7 @@ def main() -> None:
     what.add_argument("--validate", action="store_true", help="predicted vs measured runs of this machine")
     what.add_argument("--project", action="store_true", help="projections onto GPU clusters")
     what.add_argument("--gantt", metavar="RUN", help="draw a measured run's simulated schedule")
+    what.add_argument("--reread", action="store_true", help="rewrite projections.md/csv/png from projections.json")
     parser.add_argument("--measured", help="measured.json (default: the newest under benchmarks/results)")
     parser.add_argument("--out", help="output folder (default: the simulate results folder)")
     args = parser.parse_args()
@@ -116,8 +177,8 @@ def main() -> None:
         worst = validate(path, out)
         (Path(args.out) if args.out else path.parent).joinpath("validation.txt").write_text("\n".join(lines) + "\n")
         sys.exit(0 if worst <= 0.15 else 1)
-    if args.project:
-        project(args.out)
+    if args.project or args.reread:
+        project(args.out, reread=args.reread)
     else:
         gantt(args.gantt, args.measured, args.out)
 

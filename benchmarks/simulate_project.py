@@ -33,8 +33,16 @@ HOST_OVERHEAD_S = 30e-6
 WORLDS = (4, 8, 16)
 ROWS = 1024
 ASSUMPTIONS = [
-    ("A100 peak, bandwidth, memory", "312 TFLOP/s bf16 dense, 2.039 TB/s HBM2e, 80 GB", "NVIDIA A100 datasheet"),
-    ("H100 peak, bandwidth, memory", "989 TFLOP/s bf16 dense, 3.35 TB/s HBM3, 80 GB", "NVIDIA H100 SXM5 datasheet"),
+    (
+        "A100 peak, bandwidth, memory",
+        "312 TFLOP/s bf16 dense, 2.039 TB/s HBM2e, 80 GB",
+        "NVIDIA A100 datasheet, via glennklockwood.com/garden/processors/A100",
+    ),
+    (
+        "H100 peak, bandwidth, memory",
+        "989 TFLOP/s bf16 dense, 3.35 TB/s HBM3, 80 GB",
+        "NVIDIA H100 datasheet, via glennklockwood.com/garden/processors/h100",
+    ),
     ("NVLink per GPU, one direction", "A100 300 GB/s, H100 450 GB/s (600/900 GB/s both ways)", "NVIDIA datasheets"),
     ("NVLink at 16 GPUs", "every GPU at full NVLink speed (an NVLink switch system)", "assumption: an upper bound"),
     ("100 Gb/s Ethernet", "12.5 GB/s per GPU per direction, ring all-reduce at that bus bandwidth", "line rate"),
@@ -42,10 +50,23 @@ ASSUMPTIONS = [
     ("host overhead per message", f"{HOST_OVERHEAD_S * 1e6:.0f} us (a gloo header on the host)", "assumption"),
     ("conv/linear efficiency", f"{Efficiency().matmul:.0%} of peak", "assumption (eager cuDNN, bf16)"),
     ("element-wise efficiency", f"{Efficiency().memory:.0%} of peak bandwidth", "assumption"),
-    ("op floor", f"{Efficiency().op_floor_s * 1e6:.0f} us per eager op", "PyTorch dispatch, 5-25 us per op"),
+    (
+        "op floor",
+        f"{Efficiency().op_floor_s * 1e6:.0f} us per eager op",
+        "PyTorch eager dispatch, 5-25 us per op (jiahuanglin.xyz, PyTorch op to kernel launch)",
+    ),
     ("precision", "bf16 activations, fp32 weights, gradients and momentum", "pipelocal's bf16 path"),
     ("global batch", f"{ROWS} (CIFAR and ImageNet)", "the seeds' configs"),
     ("backward", "2x the forward's FLOPs and bytes", "standard for conv nets"),
+    ("tensor-core tile", "a layer with < 64 output channels pays for 64", "assumption (GEMM tile width)"),
+    ("1F1B microbatches", "2P per replica", "assumption"),
+    (
+        "InfoPro on ImageNet at K = 4, 8",
+        "lambdas [5, 0.75, 0, 1]",
+        "the seed's [5, 0.75, 0, 0] leaves modules lossless",
+    ),
+    ("greedy on ResNet-110", "the DGL seed's config with method.name = greedy", "no greedy seed for ResNet-110"),
+    ("steady state", "samples/s over the second half of 20+ steps", "this simulator"),
 ]
 
 

@@ -4,6 +4,8 @@
     python benchmarks/throughput_vs_e2e.py --modules 4 --tag k4              # K = 4: two modules per stage
     python benchmarks/throughput_vs_e2e.py --stages 4 --set method.name=dgl
     python benchmarks/throughput_vs_e2e.py --modes e2e ddp pipeline pipeline-dp pipeline-dp+syncbn --tag dp
+    python benchmarks/throughput_vs_e2e.py --predict                         # + the simulator's figure per row
+    python benchmarks/throughput_vs_e2e.py --predict --table results/.../throughput_vs_e2e.json  # no runs
 
 Runs, on the same model, data and global batch: ``e2e`` (one process), ``ddp``, ``gpipe``, ``1f1b``
 (P processes, ``pipeline.microbatches``), the local ``pipeline`` (the chosen method, K modules on P
