@@ -171,3 +171,29 @@ def test_device_model_op_time_is_roofline_with_a_floor():
     assert op_seconds([tiny], 2, dev, eff) == pytest.approx(1e-5)
     assert op_seconds([tiny], 2, dev, eff, backward=True) == pytest.approx(2e-5)  # two ops
     assert op_seconds([big], 4, dev, eff, backward=True) == pytest.approx(2 * 2e9 / 0.5e12)
+
+
+def test_replay_consumer_never_waits_once_fed_and_ema_adds_its_weights_to_the_wire():
+    slow_first = units(n=2)
+    slow_first.fwd[0] = 20.0  # the producer is 10x slower: a replay consumer trains on what it has
+    job = Job("local", [(0, 1), (1, 2)], [[0], [1]], steps=10, replay=True)
+    res = simulate(job, lambda rows: slow_first, Machine())
+    consumer = res.trace.procs[1]
+    waits = [b - a for name, a, b in consumer.spans if name == "recv"]
+    assert len(waits) == 1  # only the first batch is waited for
+    # it trains at its own pace: its 10 steps are over long before the producer's
+    assert consumer.spans[-1][2] < res.trace.procs[0].spans[-1][2] / 2
+    plain = simulate(Job("local", [(0, 1), (1, 2)], [[0], [1]], steps=10), lambda rows: units(n=2), Machine())
+    ema = simulate(
+        Job("local", [(0, 1), (1, 2)], [[0], [1]], steps=10, ema_every=2), lambda rows: units(n=2), Machine()
+    )
+    assert ema.bytes_on_wire - plain.bytes_on_wire == pytest.approx(100.0 * 5 / 10)  # unit 1's weights, 5 of 10 steps
+
+
+def test_async_guidance_never_waits_for_the_gradient():
+    u = units(n=2)
+    sync = simulate(Job("local", [(0, 1), (1, 2)], [[0], [1]], steps=20, guide_every=2), lambda r: u, Machine())
+    late = Job("local", [(0, 1), (1, 2)], [[0], [1]], steps=20, guide_every=2, guide_mode="async")
+    res = simulate(late, lambda r: u, Machine())
+    assert res.samples_per_s > sync.samples_per_s
+    assert sum(w.get("grad-wait", 0.0) for w in res.waits) == pytest.approx(0.0)

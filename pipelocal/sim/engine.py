@@ -202,7 +202,8 @@ class Engine:
         kind = op[0]
         if kind == "send":
             link = (i, op[1])
-            if self.slots[link] >= self.depth:
+            replay = isinstance(op[3], tuple) and op[3][0] == "replay"  # a replay buffer takes every batch
+            if self.slots[link] >= self.depth and not replay:
                 return
             self.slots[link] += 1
             start = max(self.now + self.m.host_overhead_s, self.link_free[link])
@@ -219,7 +220,6 @@ class Engine:
         elif kind == "poll":
             link = (op[1], i)
             if self.arrived[link] or getattr(p, "fed", False):
-                self.slots[link] -= len(self.arrived[link])
                 p.fed = p.fed if getattr(p, "fed", False) else bool(self.arrived[link])
                 self.arrived[link].clear()
                 self._resume(p, "recv")

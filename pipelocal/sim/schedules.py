@@ -85,7 +85,7 @@ def local_stage(job: Job, u: Units, s: int, r: int):
             fwd, bwd, head = u.module(a, b)
             yield compute(fwd, "forward", u.threads)
             if j == len(mods) - 1 and s < P - 1:
-                yield send(nxt, u.out_bytes[b - 1] + rows * LABEL_BYTES, t)
+                yield send(nxt, u.out_bytes[b - 1] + rows * LABEL_BYTES, ("replay", t) if job.replay else t)
             if not sync or (s == P - 1 and j == len(mods) - 1):
                 yield compute(head, "head", u.threads)
             if not sync:
