@@ -115,7 +115,12 @@ def validate(path: Path | None = None, out=print) -> float:
     """Print predicted, measured and relative error per run, then the summary line; return the max error."""
     path = path or latest_measured()
     data = json.loads(path.read_text())
-    out(f"measured on {data['cpu_model']} ({data['cores']} cores), {data['date']}: {path}")
+    shown = (
+        path.resolve().relative_to(RESULTS.parent.parent)
+        if path.resolve().is_relative_to(RESULTS.parent.parent)
+        else path
+    )
+    out(f"measured on {data['cpu_model']} ({data['cores']} cores), {data['date']}: {shown}")
     out(f"{'run':18} {'predicted':>10} {'measured':>10} {'rel.err':>8} {'scaled':>7}  others' cores, load before")
     preds = {
         name: predict(name, data, run.get("others_cores", 0.0)).samples_per_s for name, run in data["runs"].items()
