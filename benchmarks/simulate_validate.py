@@ -144,3 +144,22 @@ def validate(path: Path | None = None, out=print) -> float:
     worst = max(errors)
     out(f"validated against {len(errors)} measured runs: max relative error {worst:.3f}")
     return worst
+
+
+def predict_mode(mode: str, method: str, data: dict, steps: int, microbatches: int) -> float | None:
+    """The simulated samples/s of a throughput_vs_e2e mode (P = K = 2) on an idle machine, or None where the
+    measured inputs do not cover it (another method's profile, another microbatch count, DDG)."""
+    names = {
+        "e2e": "e2e",
+        "ddp": "ddp",
+        "gpipe": "gpipe" if microbatches == 4 else None,
+        "1f1b": "1f1b" if microbatches == 4 else None,
+        "pipeline": f"pipeline-{method}" if method in ("greedy", "dgl", "infopro") else None,
+        "pipeline+guidance": "guidance-sync-20" if method == "infopro" else None,
+        "pipeline-dp": "mesh-1x2" if method == "infopro" else None,
+    }
+    name = names.get(mode)
+    if name is None:
+        return None
+    job, at = job_of(name, data, steps)
+    return simulate(job, lambda rows: at[rows], machine_of(data)).samples_per_s
