@@ -4,6 +4,8 @@
     python benchmarks/throughput_vs_e2e.py --modules 4 --tag k4              # K = 4: two modules per stage
     python benchmarks/throughput_vs_e2e.py --stages 4 --set method.name=dgl
     python benchmarks/throughput_vs_e2e.py --modes e2e ddp pipeline pipeline-dp pipeline-dp+syncbn --tag dp
+    python benchmarks/throughput_vs_e2e.py --predict                         # + the simulator's figure per row
+    python benchmarks/throughput_vs_e2e.py --predict --table results/.../throughput_vs_e2e.json  # no runs
 
 Runs, on the same model, data and global batch: ``e2e`` (one process), ``ddp``, ``gpipe``, ``1f1b``
 (P processes, ``pipeline.microbatches``), the local ``pipeline`` (the chosen method, K modules on P
@@ -21,6 +23,7 @@ backward per stage (saved-tensor hooks) and, on CUDA, peak allocated memory.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 from pathlib import Path
@@ -172,7 +175,14 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="suffix of the results folder name")
     parser.add_argument("--set", nargs="*", default=[], help="config overrides, section.key=value")
     parser.add_argument("--out")
+    parser.add_argument("--predict", action="store_true", help="print the simulator's figure beside each row")
+    parser.add_argument("--table", help="with --predict: an earlier throughput_vs_e2e.json to read, not run")
     args = parser.parse_args()
+    if args.table:
+        if not args.predict:
+            parser.error("--table only goes with --predict")
+        print_predictions(json.loads(Path(args.table).read_text())["rows"], args)
+        return
     if "e2e" not in args.modes or "pipeline" not in args.modes:
         parser.error("--modes must include e2e and pipeline (the table compares the two)")
     folder = results_dir("throughput_vs_e2e" + (f"-{args.tag}" if args.tag else ""), args.out)
@@ -207,6 +217,30 @@ def main() -> None:
         )
     )
     plot(folder, rows, f"local pipeline vs E2E on {hardware()}")
+    if args.predict:
+        print_predictions(rows, args)
+
+
+def print_predictions(rows: list[list], args) -> None:
+    """Each measured row beside the simulator's prediction from this machine's measured inputs (no fitting)."""
+    from simulate_validate import latest_measured, predict_mode
+
+    from pipelocal.config import load_config
+
+    path = latest_measured()
+    data = json.loads(path.read_text())
+    method = load_config(ROOT / args.config, [f"--{kv}" for kv in args.set]).method.name
+    if args.stages != 2 or args.modules != 2:
+        print(f"--predict: the measured inputs are for P = K = 2; asked for P = {args.stages}, K = {args.modules}")
+        return
+    print(f"\npredicted from {path} (idle machine; '-': its inputs do not cover this mode)")
+    print(f"{'mode':22} {'measured':>9} {'predicted':>9} {'rel.err':>8}")
+    for row in rows:
+        mode, measured = row[0], row[2]
+        pred = predict_mode(mode, method, data, args.steps, args.microbatches)
+        err = f"{abs(pred - measured) / measured:8.3f}" if pred else "       -"
+        shown = f"{pred:.1f}" if pred else "-"
+        print(f"{mode:22} {measured:9.1f} {shown:>9} {err}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""A discrete-event simulator of the schedules pipelocal runs (docs/simulator.md)."""
