@@ -128,25 +128,18 @@ def augment(raw: torch.Tensor, recipe: Recipe, draws: dict[str, torch.Tensor]) -
     return raw
 
 
-class FolderLoader:
-    """ImageNet-style ``train/`` and ``val/`` folders through a DataLoader with workers."""
+class DatasetBatches:
+    """A torch Dataset's batches on ``device`` through a DataLoader with workers, normalised by ``mean``/``std``:
+    the order, shards and mid-epoch resume of :class:`EpochBatches`. Subclasses say how a batch is made."""
 
-    def __init__(self, root: Path, cfg: DataConfig, recipe: Recipe, device: torch.device, train: bool, seed: int):
-        import torchvision.transforms as T
-
-        size = cfg.image_size
-        if train:
-            tf = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor()])
-        else:
-            tf = T.Compose([T.Resize(int(size * 256 / 224)), T.CenterCrop(size), T.ToTensor()])
-        self.dataset = _image_folder(root, train, tf)
-        self.device = device
-        self.mean = torch.tensor(recipe.mean, device=device).view(1, -1, 1, 1)
-        self.std = torch.tensor(recipe.std, device=device).view(1, -1, 1, 1)
+    def __init__(self, dataset, cfg: DataConfig, device: torch.device, train: bool, seed: int, mean, std):
+        self.dataset, self.device = dataset, device
+        self.mean = torch.as_tensor(mean, dtype=torch.float32).to(device).view(1, -1, 1, 1)
+        self.std = torch.as_tensor(std, dtype=torch.float32).to(device).view(1, -1, 1, 1)
         batch_size = cfg.batch_size if train else cfg.eval_batch_size
-        self.batches = EpochBatches(len(self.dataset), batch_size, train, seed, train and cfg.drop_last)
+        self.batches = EpochBatches(len(dataset), batch_size, train, seed, train and cfg.drop_last)
         self.loader = torch.utils.data.DataLoader(
-            self.dataset,
+            dataset,
             batch_sampler=self.batches,
             num_workers=cfg.workers,
             pin_memory=device.type == "cuda",
@@ -164,7 +157,21 @@ class FolderLoader:
         self.batches.set_epoch(epoch, start)
 
     def __len__(self) -> int:
-        return len(self.loader)
+        return len(self.batches)
+
+
+class FolderLoader(DatasetBatches):
+    """ImageNet-style ``train/`` and ``val/`` folders through a DataLoader with workers."""
+
+    def __init__(self, root: Path, cfg: DataConfig, recipe: Recipe, device: torch.device, train: bool, seed: int):
+        import torchvision.transforms as T
+
+        size = cfg.image_size
+        if train:
+            tf = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor()])
+        else:
+            tf = T.Compose([T.Resize(int(size * 256 / 224)), T.CenterCrop(size), T.ToTensor()])
+        super().__init__(_image_folder(root, train, tf), cfg, device, train, seed, recipe.mean, recipe.std)
 
     def __iter__(self):
         for raw, y in self.loader:

@@ -11,10 +11,10 @@ folder loader's (:class:`EpochBatches`): a batch is fixed by (train.seed, epoch,
 from __future__ import annotations
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, Subset
 
 from pipelocal.config import DataConfig
-from pipelocal.data.loaders import EpochBatches
+from pipelocal.data.loaders import DatasetBatches
 from pipelocal.data.sources import Batch, DataInfo
 from pipelocal.models.user import load_factory
 from pipelocal.options import ConfigError
@@ -26,35 +26,12 @@ def as_unit_float(images: torch.Tensor) -> torch.Tensor:
     return images.float().div_(255) if images.dtype == torch.uint8 else images.float()
 
 
-class DatasetLoader:
+class DatasetLoader(DatasetBatches):
     """Batches of a user's Dataset on ``device``: the same interface as the built-in loaders."""
 
     def __init__(self, dataset: Dataset, cfg: DataConfig, stats, device: torch.device, train: bool, seed: int):
-        self.dataset, self.device = dataset, device
         mean, std = stats
-        self.mean, self.std = mean.to(device).view(1, -1, 1, 1), std.to(device).view(1, -1, 1, 1)
-        batch_size = cfg.batch_size if train else cfg.eval_batch_size
-        self.batches = EpochBatches(len(dataset), batch_size, train, seed, train and cfg.drop_last)
-        self.loader = DataLoader(
-            dataset,
-            batch_sampler=self.batches,
-            num_workers=cfg.workers,
-            pin_memory=device.type == "cuda",
-            persistent_workers=cfg.workers > 0,
-        )
-
-    @property
-    def num_samples(self) -> int:
-        return len(self.dataset)
-
-    def shard(self, replica: int, replicas: int) -> None:
-        self.batches.shard(replica, replicas)
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        self.batches.set_epoch(epoch, start)
-
-    def __len__(self) -> int:
-        return len(self.batches)
+        super().__init__(dataset, cfg, device, train, seed, mean, std)
 
     def __iter__(self):
         for images, labels in self.loader:
