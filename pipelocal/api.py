@@ -13,6 +13,7 @@ from pathlib import Path
 from torch import nn
 
 from pipelocal.config import ConfigError, JobConfig, load_config, set_key
+from pipelocal.config_files import resolve_config
 from pipelocal.models.user import FACTORIES
 
 
@@ -33,9 +34,8 @@ def train(
     Dataset, num_classes)``.
     """
     from pipelocal.job import run_job  # the training stack is imported when a job runs, not with pipelocal
-    from pipelocal.run import DEFAULT_CONFIG
 
-    cfg = job_config(config, overrides, DEFAULT_CONFIG)
+    cfg = job_config(config, overrides)
     if model is not None:
         cfg.model.name = model if isinstance(model, str) else register(model, "model")
     if data is not None:
@@ -44,11 +44,12 @@ def train(
     return summary.to_dict() if summary is not None else None
 
 
-def job_config(config, overrides: list[str] | None, default: Path) -> JobConfig:
+def job_config(config, overrides: list[str] | None) -> JobConfig:
+    """``config`` (a path or packaged name as ``--config`` takes it, a JobConfig, or None: the default job) with
+    ``overrides`` applied."""
     items = [item if item.startswith("--") else f"--{item}" for item in overrides or []]
     if config is None or isinstance(config, str | Path):
-        path = config if config is not None else (default if default.exists() else None)
-        return load_config(path, items)
+        return load_config(resolve_config(config), items)
     if not isinstance(config, JobConfig):
         raise ConfigError(f"config={type(config).__name__}: give a YAML path, a JobConfig or None (the default job)")
     cfg = copy.deepcopy(config)  # the caller's object stays as it was
