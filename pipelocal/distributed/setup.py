@@ -40,7 +40,7 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
 from pipelocal.config import ConfigError
-from pipelocal.distributed.startup import STARTUP, link_pairs, warm_up  # noqa: F401  (STARTUP: the tests' hook)
+from pipelocal.distributed.startup import link_pairs, warm_up
 from pipelocal.distributed.topology import Topology
 from pipelocal.distributed.transport import Channel
 
@@ -99,7 +99,9 @@ class Groups:
         try:
             return self.pairs[(channel, src, dst)]
         except KeyError:
-            raise RuntimeError(f"no {channel} link {src} -> {dst} was set up at start-up (setup.link_pairs)") from None
+            raise RuntimeError(
+                f"no {channel} link {src} -> {dst} was set up at start-up (startup.link_pairs)"
+            ) from None
 
     def channel(self, channel: str, src: int, dst: int, stage_index: int = 0) -> Channel:
         """The link ``src -> dst`` of ``channel`` with its header twin (``link``: the twin of ``stage_index``,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 
 import torch
 import torch.distributed as dist
@@ -68,13 +67,13 @@ def warm_up(groups, topo, pairs: list[tuple[str, int, int]]):
 class StartupLog:
     """What happened on this rank's groups around the warm-up, in order: the test hook that pins the start-up
     (``("warm", channel, src, dst)`` while warming, then whatever the transport records: ``("post", ...)`` for a
-    posted receive, ``("collective", ...)``). Off unless ``PIPELOCAL_STARTUP_LOG`` names a file prefix."""
+    posted receive, ``("collective", ...)``). Off unless a test sets ``path`` (tests/distributed/startup_worker.py)."""
 
     def __init__(self):
         self.events: list[tuple] = []
         self.warming = False
         self.done = False
-        self.path = os.environ.get("PIPELOCAL_STARTUP_LOG")
+        self.path: str | None = None
 
     def begin(self, rank: int) -> None:
         self.rank, self.warming = rank, True

@@ -1,4 +1,4 @@
-"""One pipelocal run with every torch.distributed operation recorded in order (setup.STARTUP), then the record
+"""One pipelocal run with every torch.distributed operation recorded in order (startup.STARTUP), then the record
 written to ``<prefix>.<rank>.json``: tests/distributed/test_startup.py reads it to pin the NCCL-safe start-up.
 
 Usage: torchrun --nproc_per_node=N tests/distributed/startup_worker.py PREFIX ARGS...
@@ -9,7 +9,7 @@ import sys
 
 import torch.distributed as dist
 
-from pipelocal.distributed.setup import STARTUP
+from pipelocal.distributed.startup import STARTUP
 from pipelocal.run import main
 
 RECEIVES = ("irecv", "recv")

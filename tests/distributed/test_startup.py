@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelocal.distributed.setup import link_pairs, place
+from pipelocal.distributed.setup import place
+from pipelocal.distributed.startup import link_pairs
 from tests.distributed.launch import TINY, torchrun
 
 # Three stages, MLAAN (gradients and EMA weights flow upstream) with sync guidance: every kind of link but replay.
