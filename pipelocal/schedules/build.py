@@ -33,7 +33,7 @@ from pipelocal.runtime import build_local_net
 from pipelocal.runtime.stage import Stage
 from pipelocal.schedules import MODES, Mode
 from pipelocal.schedules.ema_links import EmaLinks
-from pipelocal.schedules.grad_links import GradLinks
+from pipelocal.schedules.grad_links import GradLinks, async_delay_bound
 from pipelocal.schedules.links import ForwardIn, ForwardOut, Links, ReplayIn, ReplayOut
 from pipelocal.schedules.plan import Plan, expectations, grad_expectations, link_metas
 from pipelocal.schedules.replay import LinkReader, ReplayBuffer
@@ -110,16 +110,26 @@ def build_links(cfg, topo: Topology, groups: Groups, plan: Plan, stage: Stage, r
 def _grad_links(cfg, topo: Topology, groups: Groups, plan: Plan, stage: Stage, ranges) -> GradLinks | None:
     """GRAD links to the neighbours where some gradient crosses (None: none does)."""
     s, method, rows, device = topo.stage_index, stage.method, plan.batch_size, topo.device
-    shapes, depth = method.info.module_shapes, cfg.pipeline.queue_depth + 1
-    grads = GradLinks(plan, method, stage.first, s, cfg.guidance.mode == "async")
+    shapes, asynchronous = method.info.module_shapes, cfg.guidance.mode == "async"
+    grads = GradLinks(plan, method, stage.first, s, asynchronous)
+
+    def room(receiving_stage: int) -> int:
+        """Async: room for every gradient the receiving stage can have in flight, posted ahead and unfinished on
+        the sender, so that a gradient lands as soon as it is sent and a GRAD send never waits on a stage that
+        is itself waiting to send forward (docs/design.md#what-queue-depth-bounds). Sync: one at a time."""
+        if not asynchronous:
+            return cfg.pipeline.queue_depth + 1
+        return async_delay_bound(topo.num_stages, receiving_stage, cfg.pipeline.queue_depth) + 1
+
     if not topo.is_last_stage:
         boundary = ranges[s + 1][0]
         expected = grad_expectations(plan, method, boundary, shapes[boundary - 1])
         if expected:
             channel = groups.channel("backward", topo.next_rank, topo.rank)
-            grads.receiver = Receiver(channel, topo.next_rank, s, expected, depth, device)
+            grads.receiver = Receiver(channel, topo.next_rank, s, expected, room(s), device)
     if not topo.is_first_stage and grad_expectations(plan, method, stage.first, shapes[stage.first - 1]):
-        grads.sender = Sender(groups.channel("backward", topo.rank, topo.prev_rank), s, topo.prev_rank, depth, device)
+        channel = groups.channel("backward", topo.rank, topo.prev_rank)
+        grads.sender = Sender(channel, s, topo.prev_rank, room(s - 1), device)
         grads.metas = (TensorMeta(plan.grad_dtype, (rows, *shapes[stage.first - 1])),)
     return grads if grads.receiver is not None or grads.sender is not None else None
 

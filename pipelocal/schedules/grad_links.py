@@ -23,6 +23,19 @@ from pipelocal.schedules.plan import Plan, grad_keys
 NO_LABELS = torch.zeros(0, dtype=torch.long)
 
 
+def async_delay_bound(num_stages: int, stage: int, queue_depth: int) -> int:
+    """The most optimizer steps ``stage`` can take between a batch and its late gradient (async; fifo links).
+
+    A forward send of step m returns only once the next stage has received step m - 2q (q sends unfinished, q
+    receives posted), so a stage is at most 2q + 1 steps ahead of the next one when that one sends a gradient
+    back, and it applies the gradient at its next step's start: 2q + 1 steps per link on the way back, plus
+    one when the gradient is still on the wire as the stage looks (the next stage's receive, posted after the
+    gradient's send, can let this stage's forward send through first). GRAD links have room for this many,
+    so a GRAD send never waits and adds nothing (build.py). Measured on gloo: tests/distributed/test_cross_stage.py.
+    """
+    return (num_stages - 1 - stage) * (2 * queue_depth + 2)
+
+
 @dataclass
 class Waiting:
     """Async: a step whose graph waits for its gradient from the next stage."""

@@ -52,7 +52,9 @@ ASYNC_LONG = ["--method.name=greedy", "--split.num_modules=4", "--guidance.every
 ASYNC_LONG += ["--pipeline.queue_depth=4", "--train.max_steps=10", "--train.epochs=4", "--optim.lr=0.05"]
 ASYNC_LONG += ["--pipeline.slowdown.stage=1", "--pipeline.slowdown.factor=3"]
 ASYNC_E2E = ["--method.name=e2e", "--split.num_modules=4", "--guidance.mode=async", "--pipeline.queue_depth=2"]
-ASYNC_E2E += ["--train.max_steps=10", "--train.epochs=2"]
+# 60 steps, several times the bound on the delay; bursts of gradients coming back (no stage slowed) hung
+# a 3-slot GRAD queue about every other run before GRAD links had room for every gradient in flight
+ASYNC_E2E += ["--train.max_steps=60", "--data.synthetic_train=1920"]
 # MLAAN, the cascade async; stage 0 follows unit 2 (stage 1's) through a copy sent after steps 3 and 7 of 10 only
 STALE_EMA = ["--method.name=mlaan", "--split.num_modules=4", "--method.ema_sync_every=4", "--train.max_steps=10"]
 STALE_EMA += ["--guidance.mode=async", "--checkpoint.every_steps=8", "--checkpoint.keep=0"]
@@ -148,14 +150,19 @@ def test_async_guidance_runs_long_with_deep_queues_and_learns(runs_p2):
 def test_async_delays_are_what_the_headers_say(runs_p4):
     """A gradient received for step t is applied to the graph of step t (the GRAD header's step is checked
     against the kept graph's), and its delay is the stage's steps since t: never negative, never more than
-    the steps in flight (queue depth plus the backward link)."""
+    the steps that can be in flight. A 60-step run: no deadlock between the forward and the backward
+    streams (docs/design.md#what-queue-depth-bounds), and the delays come near the bound without passing it."""
     summary = _summary(runs_p4, "async_e2e")
     delays = [s["delay_max"] for s in summary["stages"][:-1]]
-    # In flight between stage s and the last: per link q unfinished sends + q posted receives forward, and
-    # q + 1 of each backward (q = queue depth 2): the most steps a gradient can lag.
-    bounds = [(3 - s) * (2 * 2 + 2 * 3) for s in range(3)]
+    # Per link back (q = 2): a forward send of step m returns once the next stage has received m - 2q, so the
+    # stage is at most 2q + 1 steps ahead when a gradient comes back, plus one step if the gradient is still on
+    # the wire when it looks. Written out here, not imported: the bound is what is under test.
+    q = 2
+    bounds = [(3 - s) * (2 * q + 2) for s in range(3)]
     assert all(d is not None and 0 <= d <= b for d, b in zip(delays, bounds)), (delays, bounds)
-    assert delays[0] >= delays[-1]  # the further from the loss, the later the gradient
+    # Binding: past half the bound (measured on an idle host: 14-16, 10-11, 5-6 of 18, 12, 6). A bound twice
+    # too loose would fail this; so would a stage that waited for its gradients (delays near 0).
+    assert all(d > b // 2 for d, b in zip(delays, bounds)), (delays, bounds)
     assert summary["stages"][-1]["delay_max"] is None  # the last stage computes the loss: nothing comes back
 
 
