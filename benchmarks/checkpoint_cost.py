@@ -21,7 +21,7 @@ import torch
 from common import hardware
 
 from pipelocal import checkpoint
-from pipelocal.config import load_config
+from pipelocal.config_parse import load_config
 from pipelocal.job import run_job
 from pipelocal.runtime.stage import Stage
 

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from common import hardware, results_dir, write_outputs
 
-from pipelocal.config import load_config
+from pipelocal.config_parse import load_config
 from pipelocal.data import Batch, DataInfo
 from pipelocal.metrics.memory import SavedTensorMeter
 from pipelocal.runtime import build_local_net

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from common import hardware, pipelocal_command, results_dir, run_job
 
-from pipelocal.config import load_config
+from pipelocal.config_parse import load_config
 from pipelocal.data import DataInfo
 from pipelocal.runtime import profile
 from pipelocal.runtime.local_net import backbone_for

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from pipelocal.config import load_config
+from pipelocal.config_parse import load_config
 from pipelocal.data import DataInfo
 from pipelocal.sim.device import A100, H100, Efficiency, NetModel
 from pipelocal.sim.engine import Machine

@@ -21,7 +21,7 @@ import time
 import torch
 from common import hardware, results_dir, write_outputs
 
-from pipelocal.config import load_config
+from pipelocal.config_parse import load_config
 from pipelocal.data import Batch, DataInfo
 from pipelocal.metrics.memory import SavedTensorMeter
 from pipelocal.optim import build_optimizers

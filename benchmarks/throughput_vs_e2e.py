@@ -225,7 +225,7 @@ def print_predictions(rows: list[list], args) -> None:
     """Each measured row beside the simulator's prediction from this machine's measured inputs (no fitting)."""
     from simulate_validate import latest_measured, predict_mode
 
-    from pipelocal.config import load_config
+    from pipelocal.config_parse import load_config
 
     path = latest_measured()
     data = json.loads(path.read_text())

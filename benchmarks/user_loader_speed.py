@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelocal.config import load_config  # noqa: E402
+from pipelocal.config_parse import load_config  # noqa: E402
 from pipelocal.data import build_loaders  # noqa: E402
 
 

@@ -12,8 +12,9 @@ from pathlib import Path
 
 from torch import nn
 
-from pipelocal.config import ConfigError, JobConfig, load_config, set_key
+from pipelocal.config import ConfigError, JobConfig
 from pipelocal.config_files import resolve_config
+from pipelocal.config_parse import load_config, set_key
 from pipelocal.models.user import FACTORIES
 
 

@@ -13,8 +13,9 @@ import textwrap
 import typing
 from typing import Any
 
-from pipelocal.config import JobConfig, load_config
+from pipelocal.config import JobConfig
 from pipelocal.config_files import resolve_config
+from pipelocal.config_parse import load_config
 from pipelocal.options import METHOD_OPTIONS, ConfigError, MethodConfig
 
 USAGE = (

@@ -15,11 +15,13 @@ from pathlib import Path
 import torch
 
 from pipelocal.checkpoint import CheckpointError, load_model_state, read_meta, resolve
-from pipelocal.config import ConfigError, JobConfig, _merge
+from pipelocal.config import ConfigError, JobConfig
+from pipelocal.config_parse import _merge
 from pipelocal.data import DatasetNotFoundError, build_loaders
 from pipelocal.models import build_backbone, build_model, is_external
 from pipelocal.runtime import build_local_net
-from pipelocal.runtime.step import eval_step
+from pipelocal.runtime.evaluation import count_correct, score_heads
+from pipelocal.runtime.numerics import Numerics
 
 
 def config_of(ckpt: Path) -> JobConfig:
@@ -79,9 +81,9 @@ def export_backbone(path: str | Path, out: str | Path | None = None, say=print) 
     return out
 
 
-@torch.no_grad()
 def evaluate_checkpoint(path: str | Path, device: str = "cpu", say=print) -> list[float | None]:
-    """Test top-1 of every module's head (None: no logits) of the checkpoint at ``path``; the last is the net's."""
+    """Test top-1 of every module's head (None: no logits) of the checkpoint at ``path``; the last is the net's.
+    Under the run's ``train.precision`` and ``train.channels_last``, as its own evaluation was."""
     ckpt = resolve(path, say)
     meta, cfg = read_meta(ckpt), config_of(ckpt)
     device = torch.device(device)
@@ -91,12 +93,15 @@ def evaluate_checkpoint(path: str | Path, device: str = "cpu", say=print) -> lis
         net.load_state_dict(load_model_state(ckpt), strict=True)
     except RuntimeError as err:
         raise CheckpointError(f"{ckpt} does not fit the network its config builds: {err}") from None
-    net.to(device).eval()
-    correct = torch.zeros(net.num_modules, dtype=torch.long, device=device)
-    samples = 0
-    for batch in test_loader:
-        eval_step(net.local_modules, batch.x, batch.y, correct)
-        samples += len(batch)
+    net.to(device)
+    numerics = Numerics(cfg.train.precision, device, cfg.train.channels_last)  # as the run trained and evaluated
+    modules = [numerics.prepare(m) for m in net.local_modules]
+
+    def score(batch, correct) -> int:
+        score_heads(modules, batch.x, batch.y, correct, numerics)
+        return len(batch)
+
+    correct, samples = count_correct(modules, test_loader, score, net.num_modules, device)
     top1 = [None if c < 0 else c / samples for c in correct.tolist()]  # one host sync, at the end
     per_module = " ".join("-" if a is None else f"{a:.4f}" for a in top1)
     say(

@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 
 from pipelocal import checkpoint
-from pipelocal.config import ConfigError, JobConfig, to_dict
+from pipelocal.config import ConfigError, JobConfig
+from pipelocal.config_parse import to_dict
 
 # Keys a resume may change: when the run stops, what it records, how long it waits, how many threads it uses.
 SAFE = ("train.epochs", "train.threads", "train.resume", "train.resume_override", "train.nan_policy")

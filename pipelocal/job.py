@@ -18,7 +18,8 @@ import torch.distributed as dist
 
 from pipelocal import checkpoint
 from pipelocal.checkpoint import save_stage
-from pipelocal.config import ConfigError, JobConfig, dump_yaml
+from pipelocal.config import ConfigError, JobConfig
+from pipelocal.config_parse import dump_yaml
 from pipelocal.data import build_loaders
 from pipelocal.distributed.setup import destroy_distributed, init_distributed
 from pipelocal.distributed.topology import Topology

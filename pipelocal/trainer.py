@@ -1,13 +1,9 @@
 """The one training loop of every mode: epochs, learning rate, evaluation cadence, metrics, end of run.
 
-Per rank it drives a *step strategy* (the mode's, from ``schedules.MODES``): a local stage loop
-(sequential, e2e, pipeline: schedules/stage_loop.py) or an E2E baseline (ddp, gpipe, 1f1b:
-schedules/e2e_parallel.py). A strategy has ``stage`` (modules, optimizers, device), ``plan``,
-``stage_index``, ``steps_per_epoch`` (None: until it says the epoch is over), ``start_epoch(epoch, start)``,
-``step(t, stats) -> StepResult | None``, ``halting`` (after a step: the last before a preemption checkpoint;
-``halt_requested`` is what it asks), ``drain`` (mid-epoch checkpoint), ``end_epoch``, ``evaluate``, ``waits``,
-``checkpoint_state``/``load_checkpoint``,
-``state_dict`` and ``stop``.
+Per rank it drives a *step strategy* (the mode's, from ``schedules.MODES``), the ``typing.Protocol``
+:class:`~pipelocal.schedules.strategy.StepStrategy`: a local stage loop (sequential, e2e, pipeline:
+schedules/stage_loop.py) or an E2E baseline (ddp: schedules/e2e_parallel.py; gpipe, 1f1b:
+schedules/pipelining.py).
 
 Where things go: something done every N steps (a checkpoint) is a step hook here, after ``stats.add``; a
 window of steps (the profiler's, metrics/profiler.py) opens at the top of a step and pauses at the epoch
@@ -36,6 +32,7 @@ from pipelocal.metrics.summary import RunSummary
 from pipelocal.optim import lr_for_step, set_lr
 from pipelocal.preemption import Preempted
 from pipelocal.runtime.guard import Guard
+from pipelocal.schedules.strategy import StepStrategy
 
 
 class Trainer:
@@ -45,7 +42,9 @@ class Trainer:
     resumed from (the plan starts at its step); ``preemption`` tells the strategy when a signal came.
     """
 
-    def __init__(self, cfg, strategy, log: RunLog, saver: Saver | None = None, resumed=None, preemption=None):
+    def __init__(
+        self, cfg, strategy: StepStrategy, log: RunLog, saver: Saver | None = None, resumed=None, preemption=None
+    ):
         self.cfg, self.strategy, self.log, self.saver = cfg, strategy, log, saver
         self.device = strategy.stage.device
         self.step = strategy.plan.start  # training steps done on this rank, across epochs (= the next one's number)

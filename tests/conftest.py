@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from pipelocal.config import load_config
+from pipelocal.config_parse import load_config
 from pipelocal.data import build_loaders
 from pipelocal.optim import build_optimizers
 from pipelocal.runtime import build_local_net

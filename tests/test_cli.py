@@ -7,8 +7,9 @@ import pytest
 import yaml
 
 from pipelocal.cli import config_from_argv, help_page, parse_command
-from pipelocal.config import JobConfig, load_config
+from pipelocal.config import JobConfig
 from pipelocal.config_files import packaged_names, resolve_config
+from pipelocal.config_parse import load_config
 from pipelocal.options import ConfigError
 
 CHECKOUT_CONFIGS = Path(__file__).resolve().parent.parent / "configs"

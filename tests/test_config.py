@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelocal.config import ConfigError, JobConfig, help_text, load_config
+from pipelocal.config import ConfigError, JobConfig
+from pipelocal.config_parse import help_text, load_config
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 GRIDS = sorted(CONFIG_DIR.joinpath("ablations").glob("*.yaml"))  # sweep grids, not job configs

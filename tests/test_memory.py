@@ -41,7 +41,7 @@ def test_a_graph_kept_with_retain_graph_is_freed_when_dropped():
 
 
 def test_the_step_of_every_method_and_guidance_frees_its_activations():
-    from pipelocal.config import load_config
+    from pipelocal.config_parse import load_config
     from pipelocal.data import Batch, DataInfo
     from pipelocal.optim import build_optimizers
     from pipelocal.runtime import build_local_net

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelocal.config import ConfigError, JobConfig, help_text, load_config, to_dict
+from pipelocal.config import ConfigError, JobConfig
+from pipelocal.config_parse import help_text, load_config, to_dict
 from pipelocal.methods import METHODS
 from pipelocal.options import METHOD_OPTIONS, add_method_options, option
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelocal.config import ConfigError, load_config
+from pipelocal.config import ConfigError
+from pipelocal.config_parse import load_config
 from pipelocal.models import build_backbone
 from pipelocal.split import module_ranges
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import pipelocal
-from pipelocal.config import ConfigError, load_config
+from pipelocal.config import ConfigError
+from pipelocal.config_parse import load_config
 from pipelocal.data import build_loaders
 from tests.user_nets import Squares, small_cnn, squares
 

@@ -23,20 +23,33 @@ class WaitClock:
         self.on_stream = on_stream and device.type == "cuda"
         self._seconds = 0.0
         self._pending: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
+        self._start = None
 
     @contextmanager
     def measure(self):
+        self.begin()
+        yield
+        self.end()
+
+    def begin(self) -> None:
+        """A wait starts now (a later ``begin`` before ``end`` moves the start: the last one counts)."""
         if self.on_stream:
-            before = torch.cuda.Event(enable_timing=True)
-            before.record()
-            yield
+            self._start = torch.cuda.Event(enable_timing=True)
+            self._start.record()
+        else:
+            self._start = time.perf_counter()
+
+    def end(self) -> None:
+        """The wait begun last ends now; without a ``begin`` since the last ``end``, nothing is counted."""
+        start, self._start = self._start, None
+        if start is None:
+            return
+        if self.on_stream:
             after = torch.cuda.Event(enable_timing=True)
             after.record()
-            self._pending.append((before, after))
-            return
-        start = time.perf_counter()
-        yield
-        self._seconds += time.perf_counter() - start
+            self._pending.append((start, after))
+        else:
+            self._seconds += time.perf_counter() - start
 
     @property
     def seconds(self) -> float:

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from pipelocal.config import to_dict
+from pipelocal.config_parse import to_dict
 from pipelocal.distributed.topology import Topology
 from pipelocal.metrics.console import Console, epoch_line, format_duration, remaining_s
 from pipelocal.metrics.jsonl import JsonlWriter

@@ -64,6 +64,14 @@ class LocalNet(nn.Module):
         return self.local_modules[-1].head.logits(x)
 
 
+def heads_after_step(modules, live_unit) -> None:
+    """After a batch's optimizer steps, every head that follows other units (MLAAN's EMA) updates: the one
+    place that happens, in one process (``live_unit``: the net's units) or on a stage (its own or copies)."""
+    for module in modules:
+        if module.head is not None:
+            module.head.after_step(live_unit)
+
+
 def backbone_for(cfg: JobConfig, data: DataInfo) -> Backbone:
     """The configured backbone, initialised from ``train.seed`` (so every rank builds the same one)."""
     torch.manual_seed(cfg.train.seed)

@@ -12,9 +12,10 @@ from pipelocal.config import JobConfig
 from pipelocal.distributed.sync_norm import convert_sync_batchnorm
 from pipelocal.metrics.memory import SavedTensorMeter, static_bytes
 from pipelocal.optim import build_optimizers
-from pipelocal.runtime.local_net import LocalNet
+from pipelocal.runtime.evaluation import score_heads
+from pipelocal.runtime.local_net import LocalNet, heads_after_step
 from pipelocal.runtime.numerics import Numerics
-from pipelocal.runtime.step import LocalStep, eval_step
+from pipelocal.runtime.step import LocalStep
 
 
 class Stage:
@@ -78,12 +79,10 @@ class Stage:
         return self.copies[u] if u in self.copies else self.net.unit(u)
 
     def after_step(self) -> None:
-        for m in self.modules:
-            if m.head is not None:
-                m.head.after_step(self.unit)
+        heads_after_step(self.modules, self.unit)
 
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
-        return eval_step(self.modules, x, y, correct, self.numerics)
+        return score_heads(self.modules, x, y, correct, self.numerics)
 
     def set_mode(self, training: bool) -> None:
         for m in self.modules:

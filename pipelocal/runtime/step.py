@@ -337,22 +337,3 @@ def _loss_groups(module, h, batch, guide, spans, losses) -> dict[int, torch.Tens
     for loss, span in terms:
         groups[span] = groups[span] + loss if span in groups else loss
     return dict(sorted(groups.items()))
-
-
-@torch.no_grad()
-def eval_step(modules, x: torch.Tensor, y: torch.Tensor, correct: torch.Tensor, numerics=FP32) -> torch.Tensor:
-    """Forward ``modules`` on ``x``; add each head's correct predictions to ``correct`` (-1: no logits).
-
-    ``correct`` stays on the device: reading it per batch would be a host sync per batch.
-    """
-    x = numerics.layout(x)
-    for i, module in enumerate(modules):
-        numerics.dynamic_rows(x)
-        with numerics.autocast():
-            x = numerics.boundary(module(x))
-            logits = module.head.logits(x) if module.head is not None else None
-        if logits is None:  # known on the host: a module without logits never has them (no device read here)
-            correct[i] = -1
-        else:
-            correct[i] += (logits.argmax(1) == y).sum()
-    return x

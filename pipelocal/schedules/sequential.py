@@ -13,6 +13,7 @@ import torch
 from pipelocal.data import Batch
 from pipelocal.metrics.memory import SavedTensorMeter
 from pipelocal.runtime import LocalNet
+from pipelocal.runtime.local_net import heads_after_step
 from pipelocal.runtime.numerics import FP32, Numerics
 from pipelocal.runtime.step import Guide, StepResult, local_step
 
@@ -32,7 +33,5 @@ def train_step(
     result = local_step(
         net.local_modules, batch.x, batch, optimizers, per_module, meter, guide=guide, numerics=numerics
     )
-    for module in net.local_modules:
-        if module.head is not None:
-            module.head.after_step(net.unit)
+    heads_after_step(net.local_modules, net.unit)
     return result

@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import time
+from itertools import islice
 
 import torch
 from torch.distributed import ReduceOp
@@ -22,22 +23,21 @@ from torch.distributed import ReduceOp
 from pipelocal.data import Batch
 from pipelocal.distributed.transport import Kind
 from pipelocal.metrics.timeline import TIMELINE
+from pipelocal.runtime.evaluation import count_correct
 from pipelocal.runtime.stage import Stage
 from pipelocal.runtime.step import StepResult, net_spans
 from pipelocal.schedules.links import Links
 from pipelocal.schedules.plan import Plan
+from pipelocal.schedules.strategy import StrategyBase
 
 
-class StageLoop:
+class StageLoop(StrategyBase):
     """Runs one stage through the plan over its ``links``; ``loaders`` only where the stage reads data."""
 
     def __init__(self, cfg, stage: Stage, plan: Plan, stage_index: int, links: Links, loaders=None):
-        self.stage, self.plan, self.stage_index, self.links = stage, plan, stage_index, links
-        self.train_loader, self.test_loader = loaders or (None, None)
-        self._batches = None
+        super().__init__(stage, plan, stage_index, loaders)
+        self.links = links
         self._eval_step = plan.eval_steps_before  # EVAL messages are numbered across the run, a resume included
-        self.halt_requested = lambda: False  # set by the trainer: has a preemption been asked for?
-        self.halting = False  # the step just taken is the last before a preemption checkpoint
         self._fault = injected_fault(stage_index)
         self.replicas = stage.replicas  # R > 1: this stage's replicas (distributed/data_parallel.py)
         self._sync_bn = cfg.pipeline.sync_batchnorm
@@ -50,19 +50,9 @@ class StageLoop:
         return None if self.links.replay_in is not None else len(self.plan.train_rows)
 
     def start_epoch(self, epoch: int, start: int = 0) -> None:
-        """Epoch ``epoch`` from its step ``start`` on (not 0: a resumed run)."""
-        self.stage.set_mode(True)
-        if self.train_loader is not None:
-            self.train_loader.set_epoch(epoch, start)
-            self._batches = iter(self.train_loader)
+        super().start_epoch(epoch, start)
         if self.links.replay_in is not None:
             self.links.replay_in.start_epoch()
-
-    def step(self, t: int, stats) -> StepResult | None:
-        """Training step ``t`` (counted across epochs); None when the epoch is over for this stage."""
-        TIMELINE.at_step(t)
-        with TIMELINE.span("train", step=t):
-            return self._step(t, stats)
 
     def _step(self, t: int, stats) -> StepResult | None:
         if self._fault and self._fault[0] == t:
@@ -84,9 +74,7 @@ class StageLoop:
         if forward_in is not None:
             self.halting = forward_in.halt
         else:
-            self.halting = self.links.planned and self.halt_requested()
-            if replicas is not None:
-                self.halting = bool(replicas.agree(int(self.halting)))
+            self.halting = self.links.planned and self.decide_halt(replicas.agree if replicas is not None else None)
         guide = self.plan.guides[t] if self.links.planned else None
         busy, grad_wait = time.perf_counter(), stats.grad_wait_s
         step = self.stage.begin(net_spans(self.stage.method, guide), self.plan.weight(t))
@@ -167,41 +155,37 @@ class StageLoop:
     def waits(self) -> tuple[float, float]:
         return self.links.waits()
 
-    @torch.no_grad()
     def evaluate(self, stats) -> None:
         """Stream the test set through the pipeline; count each head's correct predictions on this stage."""
         with TIMELINE.span("eval"):
             self._evaluate(stats)
 
     def _evaluate(self, stats) -> None:
-        self.stage.set_mode(False)
         if self.replicas is not None and not self._sync_bn:
             self.replicas.broadcast_buffers(self.stage.modules)  # evaluate replica 0's BatchNorm statistics
-        batches = iter(self.test_loader) if self.test_loader is not None else None
-        correct = torch.zeros(len(self.stage.modules), dtype=torch.long, device=self.stage.device)
-        for j in range(len(self.plan.eval_rows)):
-            batch = next(batches) if batches is not None else self.links.forward_in.recv()[0]
+        out, first, n = self.links.forward_out, self._eval_step, len(self.plan.eval_rows)
+
+        def score(item, correct) -> int:
+            j, batch = item
             h = self.stage.evaluate(batch.x, batch.y, correct)
-            if self.links.forward_out is not None:
-                self.links.forward_out.send(Kind.EVAL, self._eval_step + j, batch, h)
-            stats.eval_samples += len(batch)
-        self._eval_step += len(self.plan.eval_rows)
+            if out is not None:
+                out.send(Kind.EVAL, first + j, batch, h)
+            return len(batch)
+
+        if self.test_loader is not None:
+            batches = islice(self.test_loader, n)
+        else:
+            batches = (self.links.forward_in.recv()[0] for _ in range(n))
+        stage = self.stage
+        correct, samples = count_correct(stage.modules, enumerate(batches), score, len(stage.modules), stage.device)
+        self._eval_step += n
+        stats.eval_samples += samples
         stats.correct = correct.tolist()
-        self.stage.set_mode(True)
-
-    def state_dict(self) -> dict | None:
-        return self.stage.state_dict() if self._writes else None
-
-    def checkpoint_state(self) -> dict:
-        return self.stage.checkpoint_state() if self._writes else {}
 
     @property
-    def _writes(self) -> bool:
+    def writes(self) -> bool:
         """A stage's replicas hold the same weights: replica 0 saves them (its BatchNorm statistics, as evaluated)."""
         return self.replicas is None or self.replicas.index == 0
-
-    def load_checkpoint(self, path, group) -> None:
-        self.stage.load_checkpoint(path, group)
 
     def stop(self) -> None:
         self.links.stop()

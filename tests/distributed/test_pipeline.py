@@ -9,8 +9,8 @@ from pipelocal.checkpoint import load_merged
 from pipelocal.data import build_loaders
 from pipelocal.optim import lr_for_step, set_lr
 from pipelocal.runtime import build_local_net
+from pipelocal.runtime.evaluation import score_heads
 from pipelocal.runtime.guidance import guide_for
-from pipelocal.runtime.step import eval_step
 from pipelocal.schedules.sequential import train_step
 from tests.conftest import one_process, tiny_config
 from tests.distributed.launch import TINY, runs_fixture, torchrun
@@ -43,7 +43,7 @@ def evaluated_top1(run, overrides: list[str]) -> list[float]:
     net.eval()
     correct = torch.zeros(net.num_modules, dtype=torch.long)
     for batch in test_loader:
-        eval_step(net.local_modules, batch.x, batch.y, correct)
+        score_heads(net.local_modules, batch.x, batch.y, correct)
     return (correct / cfg.data.synthetic_test).tolist()
 
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from pipelocal.checkpoint import load_merged
-from pipelocal.config import load_config
+from pipelocal.config_parse import load_config
 from pipelocal.job import run_job
 from pipelocal.metrics.stats import read_epochs
 from pipelocal.preemption import PREEMPTED

@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from pipelocal.config import ConfigError, load_config
+from pipelocal.config import ConfigError
+from pipelocal.config_parse import load_config
 from pipelocal.data import DataInfo
 from pipelocal.methods.base import NetInfo
 from pipelocal.methods.infopro import InfoProConfig, imagenet_aux_nets

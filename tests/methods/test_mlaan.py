@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipelocal.config import load_config
+from pipelocal.config_parse import load_config
 from pipelocal.data import Batch, DataInfo
 from pipelocal.methods import METHODS
 from pipelocal.methods.mlaan import MLAANHead, derived_units, lam_units
