@@ -40,7 +40,8 @@ from pipelocal.data import Batch, DataInfo
 from pipelocal.metrics.memory import SavedTensorMeter
 from pipelocal.runtime import build_local_net
 from pipelocal.runtime.numerics import Numerics
-from pipelocal.runtime.step import Guide, LocalStep, net_spans
+from pipelocal.runtime.spans import Guide, net_spans
+from pipelocal.runtime.step import LocalStep
 from pipelocal.split import stage_ranges
 
 KiB, MiB = 2**10, 2**20

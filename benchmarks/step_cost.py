@@ -26,7 +26,7 @@ from pipelocal.data import Batch, DataInfo
 from pipelocal.metrics.memory import SavedTensorMeter
 from pipelocal.optim import build_optimizers
 from pipelocal.runtime import build_local_net
-from pipelocal.runtime.step import Guide
+from pipelocal.runtime.spans import Guide
 from pipelocal.schedules.sequential import train_step
 
 COLUMNS = [

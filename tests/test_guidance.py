@@ -9,7 +9,7 @@ from pipelocal.optim import build_optimizers
 from pipelocal.run import train
 from pipelocal.runtime import build_local_net
 from pipelocal.runtime.guidance import guide_for
-from pipelocal.runtime.step import Guide
+from pipelocal.runtime.spans import Guide
 from pipelocal.schedules.sequential import train_step
 from tests.conftest import tiny_config
 

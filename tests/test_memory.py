@@ -45,7 +45,8 @@ def test_the_step_of_every_method_and_guidance_frees_its_activations():
     from pipelocal.data import Batch, DataInfo
     from pipelocal.optim import build_optimizers
     from pipelocal.runtime import build_local_net
-    from pipelocal.runtime.step import Guide, local_step
+    from pipelocal.runtime.spans import Guide
+    from pipelocal.runtime.step import local_step
 
     raw = torch.rand(4, 1, 16, 16)
     batch = Batch(raw, torch.randint(0, 10, (4,)), raw)

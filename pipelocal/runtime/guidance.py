@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pipelocal.config import GuidanceConfig
-from pipelocal.runtime.step import Guide
+from pipelocal.runtime.spans import Guide
 
 
 def guide_for(cfg: GuidanceConfig, epoch: int, step: int, epochs: int = 1) -> Guide | None:

@@ -10,7 +10,8 @@ A longer one (MLAAN's cascade, the final loss of e2e or of a guidance step) need
 to its module's input, which goes back to the module before as the gradient of that module's output, and
 so on until the span is used up (docs/design.md#spans). A module's graph is therefore kept until the last
 gradient that will reach it has gone through, and no module is ever recomputed. Each distinct span is its own
-backward pass, so a gradient never travels further than its loss's span.
+backward pass, so a gradient never travels further than its loss's span. Which spans a batch has, which
+gradients cross a stage boundary and how long each graph lives is planned in runtime/spans.py; this file runs it.
 """
 
 from __future__ import annotations
@@ -27,15 +28,7 @@ from pipelocal.data import Batch
 from pipelocal.metrics.memory import SavedTensorMeter
 from pipelocal.metrics.timeline import TIMELINE
 from pipelocal.runtime.numerics import FP32, Numerics
-
-
-@dataclass(frozen=True)
-class Guide:
-    """This batch is a guidance step (PGL): the final loss trains every module, no detach."""
-
-    combine: str = "replace"  # replace: only the end-to-end gradient; add: local + weight * end-to-end
-    weight: float = 1.0
-    recompute: bool = False  # keep only the module boundaries; recompute each module in the backward
+from pipelocal.runtime.spans import Guide, SpanPlan, guided_spans, loss_groups
 
 
 @dataclass
@@ -45,30 +38,6 @@ class StepResult:
     saved_peak: list[int] = field(default_factory=list)  # live saved bytes seen while each module ran
     guided: bool = False
     rows: int = 0  # samples in the batch (set by the step strategy that read it)
-
-
-def guided_spans(spans: tuple[int, ...], index: int, is_final: bool, guide: Guide | None) -> tuple[int, ...]:
-    """Spans of the loss terms module ``index`` backpropagates on a batch with ``guide``."""
-    if guide is None:
-        return spans
-    if not is_final:
-        return () if guide.combine == "replace" else spans
-    end_to_end = (index + 1,)
-    return end_to_end if guide.combine == "replace" else spans + end_to_end
-
-
-def net_spans(method, guide: Guide | None) -> list[tuple[int, ...]]:
-    """Every module's term spans on a batch with ``guide``: what each stage needs to know of the others."""
-    k = method.info.num_modules
-    return [guided_spans(method.loss_spans(i), i, i == k - 1, guide) for i in range(k)]
-
-
-def crossing_spans(spans: list[tuple[int, ...]], boundary: int) -> list[int]:
-    """Gradients that cross from module ``boundary`` into module ``boundary - 1``, by the span they have left
-    there (each becomes one tensor of a GRAD message between stages; equal ones are summed)."""
-    return sorted(
-        {s - (o - boundary + 1) for o in range(boundary, len(spans)) for s in spans[o] if s > o - boundary + 1}
-    )
 
 
 def local_step(
@@ -127,24 +96,9 @@ class LocalStep:
         self.meter, self.forward_first, self.stash = meter, forward_first, stash
         self.first, self.last = self.modules[0].index, self.modules[-1].index
         self.own = [spans[m.index] for m in self.modules]
-        n = len(self.modules)
         self.params = [[p for p in m.parameters() if p.requires_grad] for m in self.modules]
-        # Gradients that will reach this run's last module from modules after it, by the span they have left.
-        self.incoming = crossing_spans(spans, self.last + 1)
-        # uses[j]: backward passes through module j's graph; reach[j]: a gradient leaves module j by its input.
-        self.uses = [len(set(self.own[j])) for j in range(n)]
-        self.reach = [False] * n
-        reaching = [(o - self.first, s) for o in range(self.first, self.last + 1) for s in set(spans[o])]
-        for o, s in reaching:
-            for j in range(max(o - s + 1, 0), o + 1):
-                self.uses[j] += j < o
-                self.reach[j] |= j > o - s + 1
-        self.late = [False] * n  # reached by a gradient from a later stage
-        for r in self.incoming:  # arrives at the last module with r modules still to train
-            for j in range(max(n - r, 0), n):
-                self.uses[j] += 1
-                self.reach[j] |= j > n - r
-                self.late[j] = True
+        plan = SpanPlan.of(spans, self.first, self.last)
+        self.incoming, self.uses, self.reach, self.late = plan.incoming, plan.uses, plan.reach, plan.late
         self.kept: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.stashed: dict[int, dict[str, torch.Tensor]] = {}
         self.upstream: dict[int, torch.Tensor] = {}
@@ -179,7 +133,7 @@ class LocalStep:
                     with TIMELINE.span("send"):
                         on_output(h.detach())
                 with TIMELINE.span(f"head m{module.index}"):
-                    groups = _loss_groups(module, h, batch, guide, self.own[j], self.losses)
+                    groups = loss_groups(module, h, batch, guide, self.own[j], self.losses)
             self.kept[j] = (x, h)
             if self.forward_first and j != last:
                 deferred.append((j, groups))
@@ -319,21 +273,3 @@ class _StatisticsKept:
             m.running_var.copy_(var)
             m.num_batches_tracked.copy_(count)
         return False
-
-
-def _loss_groups(module, h, batch, guide, spans, losses) -> dict[int, torch.Tensor]:
-    """Run the head (if this batch needs it) and sum its loss terms by span."""
-    if not spans:
-        return {}
-    out = module.head(h, batch)
-    losses.append(out["loss"].detach())
-    terms = out.get("terms") or ([(out["loss"], module.spans[0])] if module.spans else [])
-    if guide is not None and module.is_final:
-        terms = [] if guide.combine == "replace" else list(terms)
-        terms.append((guide.weight * out["loss"], module.index + 1))
-    elif guide is not None and guide.combine == "replace":
-        terms = []
-    groups: dict[int, torch.Tensor] = {}
-    for loss, span in terms:
-        groups[span] = groups[span] + loss if span in groups else loss
-    return dict(sorted(groups.items()))

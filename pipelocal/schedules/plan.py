@@ -13,7 +13,7 @@ from pipelocal.distributed.data_parallel import shard_rows, shard_weight
 from pipelocal.distributed.transport import Expected, Kind, TensorMeta
 from pipelocal.runtime.guidance import guide_for
 from pipelocal.runtime.numerics import Numerics
-from pipelocal.runtime.step import crossing_spans, net_spans
+from pipelocal.runtime.spans import crossing_spans, net_spans
 
 
 @dataclass(frozen=True)

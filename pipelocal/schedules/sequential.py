@@ -15,7 +15,8 @@ from pipelocal.metrics.memory import SavedTensorMeter
 from pipelocal.runtime import LocalNet
 from pipelocal.runtime.local_net import heads_after_step
 from pipelocal.runtime.numerics import FP32, Numerics
-from pipelocal.runtime.step import Guide, StepResult, local_step
+from pipelocal.runtime.spans import Guide
+from pipelocal.runtime.step import StepResult, local_step
 
 
 def train_step(

@@ -24,8 +24,9 @@ from pipelocal.data import Batch
 from pipelocal.distributed.transport import Kind
 from pipelocal.metrics.timeline import TIMELINE
 from pipelocal.runtime.evaluation import count_correct
+from pipelocal.runtime.spans import net_spans
 from pipelocal.runtime.stage import Stage
-from pipelocal.runtime.step import StepResult, net_spans
+from pipelocal.runtime.step import StepResult
 from pipelocal.schedules.links import Links
 from pipelocal.schedules.plan import Plan
 from pipelocal.schedules.strategy import StrategyBase

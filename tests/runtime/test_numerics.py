@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from pipelocal.config import ConfigError
-from pipelocal.runtime.step import Guide, LocalStep, net_spans
+from pipelocal.runtime.spans import Guide, net_spans
+from pipelocal.runtime.step import LocalStep
 from pipelocal.schedules.sequential import train_step
 from tests.conftest import one_process, tiny_config
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from pipelocal.metrics.memory import SavedTensorMeter
-from pipelocal.runtime.step import Guide
+from pipelocal.runtime.spans import Guide
 from pipelocal.schedules.sequential import train_step
 from tests.conftest import one_process, tiny_config
 

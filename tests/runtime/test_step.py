@@ -6,7 +6,8 @@ import torch
 
 from pipelocal.data import DataInfo
 from pipelocal.runtime import build_local_net
-from pipelocal.runtime.step import LocalStep, crossing_spans, net_spans
+from pipelocal.runtime.spans import crossing_spans, net_spans
+from pipelocal.runtime.step import LocalStep
 from tests.conftest import tiny_config
 
 INFO = DataInfo(num_classes=5, input_shape=(3, 16, 16))
@@ -19,7 +20,7 @@ def _net(*extra):
 def test_crossing_spans_of_mlaan_and_guidance():
     mlaan = _net("--method.name=mlaan").method
     assert [crossing_spans(net_spans(mlaan, None), b) for b in (1, 2, 3)] == [[1], [1], [1]]
-    from pipelocal.runtime.step import Guide
+    from pipelocal.runtime.spans import Guide
 
     greedy = _net("--method.name=greedy").method
     assert crossing_spans(net_spans(greedy, None), 2) == []
