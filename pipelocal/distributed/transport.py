@@ -1,58 +1,43 @@
-"""Messages between adjacent stages: a fixed-size int64 header, then the tensors (docs/design.md#the-wire).
+"""Messages between adjacent stages: a header, then the tensors (docs/design.md#the-wire; the format and its
+checks are wire.py's).
 
-Header layout (int64, ``HEADER_SIZE`` words): ``[kind | halt << 8, step, valid_rows, num_tensors,
-(dtype, ndim, d0..d4) * MAX_TENSORS]``. Each link is a :class:`Channel` of two process groups: the header
-travels on its gloo ``headers`` group, built on the host from ints the sender knows and read on the host
-with ``.numpy()`` (which raises on a device tensor, so it can never hide a sync); the tensors travel on its
-``data`` group (the backend's: NCCL on GPU), and DATA/GUIDE/EVAL messages append the labels there as one
-more int64 tensor of the message's padded rows. So no message costs a device-to-host sync on either end,
-and labels, sent in the same message as their activations, can never drift from them.
-``halt`` marks a training message as the last before a preemption checkpoint (job.py): every stage trains
-it, then all of them stop at the same step without any collective on the way.
+Each link is a :class:`Channel` of two process groups: the header travels on its gloo ``headers`` group, into
+host buffers; the tensors travel on its ``data`` group (the backend's: NCCL on GPU), labels beside the
+activations in the same message. So no message costs a device-to-host sync on either end, and labels can never
+drift from their activations. ``halt`` marks a training message as the last before a preemption checkpoint
+(job.py): every stage trains it, then all of them stop at the same step without any collective on the way.
 
-Every message a stage will receive is known in advance (the :class:`StreamPlan` every rank derives
-from the same numbers), so receives are pre-posted into fixed buffers, ``queue_depth`` ahead, and
-every header is checked against what was expected (invariant 5): on gloo a wrong dtype of the same
-byte count would otherwise be reinterpreted silently. The sender checks its own tensors against the
-agreed shapes before sending, because on gloo a too-large message aborts the receiving process. The
-receiver checks the host header before it waits for the tensors, so a bad message is named, not read.
+Every message a stage will receive is known in advance (the plan every rank derives from the same numbers), so
+receives are pre-posted into fixed buffers, ``queue_depth`` ahead, and every header is checked against what was
+expected (invariant 5). The sender checks its own tensors against the agreed shapes before sending, because on
+gloo a too-large message aborts the receiving process. The receiver checks the host header before it waits for
+the tensors, so a bad message is named, not read.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, replace
-from enum import IntEnum
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from pipelocal.distributed.staging import Landing, staged, to_host
 from pipelocal.distributed.waits import WaitClock
-
-MAX_TENSORS = 4
-MAX_DIMS = 5
-HEADER_SIZE = 4 + MAX_TENSORS * (2 + MAX_DIMS)
-HALT_BIT = 1 << 8
-DTYPE_CODES = {torch.float32: 1, torch.float16: 2, torch.bfloat16: 3, torch.int64: 4, torch.uint8: 5, torch.float64: 6}
-CODE_DTYPES = {v: k for k, v in DTYPE_CODES.items()}
-
-
-class Kind(IntEnum):
-    DATA = 1
-    EVAL = 2
-    GUIDE = 3
-    GRAD = 4
-    STOP = 5
-    EPOCH = 6  # replay streams: the producer's epoch is over
-
-
-LABELLED = frozenset({Kind.DATA, Kind.GUIDE, Kind.EVAL})  # messages whose labels travel beside their tensors
-
-
-class WireError(RuntimeError):
-    """A received message is not what the protocol says it must be; names both stages."""
+from pipelocal.distributed.wire import (
+    HEADER_SIZE,
+    LABELLED,
+    Expected,
+    Header,
+    Kind,
+    TensorMeta,
+    WireError,
+    check_header,
+    decode_header,
+    encode_header,
+    labels_meta,
+    pad_rows,
+)
 
 
 class PeerError(RuntimeError):
@@ -68,15 +53,6 @@ def _wait(works, what: str) -> None:
 
 
 @dataclass(frozen=True)
-class TensorMeta:
-    dtype: torch.dtype
-    shape: tuple[int, ...]  # full shape, batch rows included (padded)
-
-    def describe(self) -> str:
-        return f"{str(self.dtype).replace('torch.', '')}{list(self.shape)}"
-
-
-@dataclass(frozen=True)
 class Channel:
     """The process groups of one kind of link: the tensors on ``data`` (the backend's), their headers on
     ``headers`` (gloo, into host buffers: reading a header is never a device read). See distributed/setup.py."""
@@ -84,81 +60,6 @@ class Channel:
     data: dist.ProcessGroup
     headers: dist.ProcessGroup
     staged: bool = False  # gloo ``data`` for CUDA tensors: they travel through host buffers (staging.py)
-
-
-@dataclass(frozen=True)
-class Header:
-    kind: Kind
-    step: int
-    valid: int
-    metas: tuple[TensorMeta, ...]
-    labels: torch.Tensor | None = None  # received: the labels' rows ``[:valid]``, on the device (LABELLED kinds)
-    halt: bool = False
-
-
-def pad_rows(t: torch.Tensor, rows: int, copy: bool = False) -> torch.Tensor:
-    """The wire carries full batches; the last, smaller one is zero-padded and its header says how many rows count.
-    ``copy``: a tensor of its own even when no padding is needed (a relayed view of a receive buffer).
-    Always contiguous: the wire takes nothing else (a channels_last activation is converted here)."""
-    if len(t) == rows:
-        return t.contiguous().clone() if copy else t.contiguous()
-    return F.pad(t, (0, 0) * (t.dim() - 1) + (0, rows - len(t))).contiguous()
-
-
-def labels_meta(kind: Kind, metas: tuple[TensorMeta, ...]) -> tuple[TensorMeta, ...]:
-    """The labels' tensor on the wire after ``metas``: one int64 per padded row of a LABELLED message, else none."""
-    return (TensorMeta(torch.int64, metas[0].shape[:1]),) if kind in LABELLED else ()
-
-
-def encode_header(kind: Kind, step: int, valid: int, metas, halt: bool = False) -> torch.Tensor:
-    """The header as a host tensor, from ints alone (no tensor of the message is read)."""
-    if len(metas) > MAX_TENSORS or any(len(m.shape) > MAX_DIMS for m in metas):
-        raise ValueError(f"a message carries at most {MAX_TENSORS} tensors of at most {MAX_DIMS} dims: {metas}")
-    words = [int(kind) | (HALT_BIT if halt else 0), step, valid, len(metas)]
-    for meta in metas:
-        words += [DTYPE_CODES[meta.dtype], len(meta.shape), *meta.shape] + [0] * (MAX_DIMS - len(meta.shape))
-    return torch.tensor(words + [0] * (HEADER_SIZE - len(words)), dtype=torch.int64)
-
-
-def decode_header(header: torch.Tensor) -> Header:
-    """The fields of a received header. ``.numpy()`` reads host memory only (it raises on a device tensor)."""
-    values = header.numpy().tolist()
-    word, step, valid, count = values[:4]
-    kind, halt = word & (HALT_BIT - 1), bool(word & HALT_BIT)
-    metas = []
-    for i in range(min(count, MAX_TENSORS)):
-        base = 4 + i * (2 + MAX_DIMS)
-        code, ndim = values[base], values[base + 1]
-        metas.append(TensorMeta(CODE_DTYPES.get(code, torch.int8), tuple(values[base + 2 : base + 2 + ndim])))
-    return Header(Kind(kind) if kind in Kind._value2member_map_ else kind, step, valid, tuple(metas), halt=halt)
-
-
-def check_header(header: Header, expected: Expected, src: int, dst: int) -> None:
-    """Raise :class:`WireError` naming both stages when ``header`` is not ``expected``."""
-    problems = []
-    if header.kind != expected.kind:
-        problems.append(f"kind {header.kind!r} (expected {expected.kind.name})")
-    if header.step != expected.step:
-        problems.append(f"step {header.step} (expected {expected.step})")
-    if header.valid != expected.valid:
-        problems.append(f"{header.valid} valid rows (expected {expected.valid})")
-    got = [m.describe() for m in header.metas]
-    want = [m.describe() for m in expected.metas]
-    if got != want:
-        problems.append(f"tensors {got} (expected {want})")
-    if problems:
-        raise WireError(
-            f"stage {dst} received a bad message from stage {src}: " + "; ".join(problems) + ". Both stages must "
-            "be built from the same config and code; a dtype or shape change upstream must be agreed at start-up"
-        )
-
-
-@dataclass(frozen=True)
-class Expected:
-    kind: Kind
-    step: int
-    valid: int
-    metas: tuple[TensorMeta, ...]
 
 
 class Sender:

@@ -17,12 +17,11 @@ from pipelocal.data import build_loaders
 from pipelocal.distributed.data_parallel import Replicas
 from pipelocal.distributed.setup import Groups
 from pipelocal.distributed.topology import Topology
-from pipelocal.distributed.transport import (
+from pipelocal.distributed.transport import Receiver, Sender
+from pipelocal.distributed.wire import (
     HEADER_SIZE,
     Expected,
     Kind,
-    Receiver,
-    Sender,
     TensorMeta,
     check_header,
     decode_header,

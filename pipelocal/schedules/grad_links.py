@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from pipelocal.distributed.transport import Kind, Receiver, Sender, TensorMeta, WireError, pad_rows
+from pipelocal.distributed.transport import Receiver, Sender
+from pipelocal.distributed.wire import Kind, TensorMeta, WireError, pad_rows
 from pipelocal.metrics.timeline import TIMELINE
 from pipelocal.runtime.step import LocalStep
 from pipelocal.schedules.plan import Plan, grad_keys

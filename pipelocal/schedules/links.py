@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import torch
 
 from pipelocal.data import Batch
-from pipelocal.distributed.transport import Kind, Receiver, Sender, WireError, pad_rows
+from pipelocal.distributed.transport import Receiver, Sender
+from pipelocal.distributed.wire import Kind, WireError, pad_rows
 from pipelocal.schedules.ema_links import EmaLinks
 from pipelocal.schedules.grad_links import GradLinks
 from pipelocal.schedules.replay import Entry, LinkReader, ReplayBuffer

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from pipelocal.distributed.data_parallel import shard_rows, shard_weight
-from pipelocal.distributed.transport import Expected, Kind, TensorMeta
+from pipelocal.distributed.wire import Expected, Kind, TensorMeta
 from pipelocal.runtime.guidance import guide_for
 from pipelocal.runtime.numerics import Numerics
 from pipelocal.runtime.spans import crossing_spans, net_spans

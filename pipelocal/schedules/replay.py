@@ -23,17 +23,8 @@ import torch.distributed as dist
 
 from pipelocal.data import Batch
 from pipelocal.distributed.staging import staged
-from pipelocal.distributed.transport import (
-    HEADER_SIZE,
-    Channel,
-    Expected,
-    Kind,
-    PeerError,
-    WireError,
-    check_header,
-    decode_header,
-    labels_meta,
-)
+from pipelocal.distributed.transport import Channel, PeerError
+from pipelocal.distributed.wire import HEADER_SIZE, Expected, Kind, WireError, check_header, decode_header, labels_meta
 
 
 @dataclass

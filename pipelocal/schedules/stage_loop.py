@@ -21,7 +21,7 @@ import torch
 from torch.distributed import ReduceOp
 
 from pipelocal.data import Batch
-from pipelocal.distributed.transport import Kind
+from pipelocal.distributed.wire import Kind
 from pipelocal.metrics.timeline import TIMELINE
 from pipelocal.runtime.evaluation import count_correct
 from pipelocal.runtime.spans import net_spans

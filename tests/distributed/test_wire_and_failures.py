@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from pipelocal.distributed.transport import (
+from pipelocal.distributed.wire import (
     HEADER_SIZE,
     Expected,
     Kind,

@@ -8,7 +8,8 @@ import sys
 import torch
 import torch.distributed as dist
 
-from pipelocal.distributed.transport import Channel, Expected, Kind, Receiver, Sender, TensorMeta, WireError
+from pipelocal.distributed.transport import Channel, Receiver, Sender
+from pipelocal.distributed.wire import Expected, Kind, TensorMeta, WireError
 
 ROWS = 4
 GOOD = (TensorMeta(torch.float32, (ROWS, 2, 3)),)
