@@ -28,7 +28,7 @@ from pipelocal.methods import METHODS
 from pipelocal.methods.base import LocalMethod
 from pipelocal.metrics import timeline
 from pipelocal.metrics.console import Console
-from pipelocal.metrics.run_log import RunLog
+from pipelocal.metrics.run_log import Place, RunLog
 from pipelocal.metrics.summary import RunSummary
 from pipelocal.metrics.timeline import TIMELINE
 from pipelocal.preemption import Preemption
@@ -65,7 +65,17 @@ def run_job(cfg: JobConfig) -> RunSummary | None:
     TIMELINE.configure(cfg.metrics.timeline)
     if cfg.metrics.timeline and topo.distributed:
         TIMELINE.offset_ns = timeline.clock_offset(groups.control)
-    log = RunLog(cfg, topo, console, run_dir, control, stats, setup["history"])
+    place = Place(
+        topo.rank,
+        topo.world_size,
+        topo.stage_index,
+        topo.replica,
+        topo.num_stages,
+        topo.device,
+        topo.backend,
+        tuple(topo.other_ranks()),
+    )
+    log = RunLog(cfg, place, console, run_dir, control, stats, setup["history"])
     saver = checkpoint.Saver(cfg, topo, control, run_dir, setup["ranges"])
     # Replay stages train unplanned step counts, so no common step exists to stop at: a signal ends them as before.
     preemption = (

@@ -56,7 +56,7 @@ class Trainer:
         self._skipped_before = 0
         self.guard = Guard(cfg.train.nan_policy, strategy.stage, strategy.stage_index)
         strategy.stage.numerics.guard = self.guard if self.guard.on else None
-        self.profiler = StepProfiler.of(cfg.metrics.profile, log.run_dir, log.topo)  # None: off (metrics.profile)
+        self.profiler = StepProfiler.of(cfg.metrics.profile, log.run_dir, log.place)  # None: off (metrics.profile)
 
     def fit(self) -> RunSummary | None:
         strategy, every = self.strategy, self.cfg.checkpoint

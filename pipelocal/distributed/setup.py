@@ -175,9 +175,9 @@ def replicated(groups: Groups, topo: Topology, timeout: timedelta) -> Groups:
     (``rank = stage * R + replica``); every rank creates every stage's gloo twin (``new_group`` is collective)."""
     mesh = init_device_mesh(topo.device.type, (topo.pp, topo.dp), mesh_dim_names=("pp", "dp"))
     dp = mesh.get_group("dp")
-    if dist.get_process_group_ranks(dp) != [topo.rank_of_replica(r) for r in range(topo.dp)]:
+    if dist.get_process_group_ranks(dp) != topo.replica_ranks(topo.stage_index):
         raise RuntimeError(f"device mesh dp group {dist.get_process_group_ranks(dp)} is not this stage's replicas")
-    twins = [host_group([s * topo.dp + r for r in range(topo.dp)], timeout) for s in range(topo.pp)]
+    twins = [host_group(topo.replica_ranks(s), timeout) for s in range(topo.pp)]
     return dataclasses.replace(groups, dp=dp, dp_host=twins[topo.stage_index], mesh=mesh)
 
 

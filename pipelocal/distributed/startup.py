@@ -15,6 +15,8 @@ import json
 import torch
 import torch.distributed as dist
 
+from pipelocal.distributed.topology import Topology
+
 CHANNELS = ("forward", "backward", "link", "weights")
 
 
@@ -25,7 +27,7 @@ def link_pairs(pp: int, dp: int, channels: frozenset[str] | set[str]) -> list[tu
     pairs = []
     for channel in (c for c in CHANNELS if c in channels):
         for r in range(dp):
-            rank = lambda s, r=r: s * dp + r  # noqa: E731  (the topology's layout: stage-major)
+            rank = lambda s, r=r: Topology.layout_rank(s, r, dp)  # noqa: E731
             if channel == "weights":
                 pairs += [(channel, rank(o), rank(f)) for o in range(1, pp) for f in range(o)]
             elif channel == "backward":

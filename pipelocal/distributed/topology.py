@@ -1,8 +1,8 @@
 """Where a process sits in the job, checked once (in the manner of torchtitan's ``ParallelDims``).
 
-The degrees (pipeline stages now; data replicas when that dimension lands) multiply to the world size;
-every neighbour rank and peer set is derived here. Nothing else computes ``stage ± 1`` as a rank or
-assumes that rank = stage: the rank layout is this file's business alone.
+The degrees (pipeline stages P, data replicas R of each stage) multiply to the world size; every rank number,
+neighbour rank and peer set is derived here (``layout_rank``). Nothing else computes ``stage ± 1`` as a rank,
+multiplies a stage by R or assumes that rank = stage: the rank layout is this file's business alone.
 """
 
 from __future__ import annotations
@@ -81,15 +81,25 @@ class Topology:
         """Rank 0 gathers metrics, writes the run directory and drives evaluation (docs/design.md#how-a-batch-walks)."""
         return self.rank == 0
 
+    @staticmethod
+    def layout_rank(stage: int, replica: int, dp: int) -> int:
+        """The rank of ``replica`` of ``stage`` when each stage has ``dp`` replicas: stage-major, the order of a
+        ``(pp, dp)`` device mesh. The one place a rank is computed from a stage and a replica."""
+        return stage * dp + replica
+
     def rank_of(self, stage: int) -> int:
         """The rank of ``stage`` in this process's replica pipeline."""
         if not 0 <= stage < self.pp:
             raise ValueError(f"stage {stage} is outside the pipeline's stages 0..{self.pp - 1}")
-        return stage * self.dp + self.replica
+        return self.layout_rank(stage, self.replica, self.dp)
 
     def rank_of_replica(self, replica: int) -> int:
         """The rank of this stage's ``replica``."""
-        return self.stage_index * self.dp + replica
+        return self.layout_rank(self.stage_index, replica, self.dp)
+
+    def replica_ranks(self, stage: int) -> list[int]:
+        """The ranks of every replica of ``stage`` (its ``dp`` group's members)."""
+        return [self.layout_rank(stage, r, self.dp) for r in range(self.dp)]
 
     @property
     def prev_rank(self) -> int | None:
@@ -106,4 +116,4 @@ class Topology:
         live table has a row per stage), or every other replica of a one-stage job."""
         if self.pp == 1:
             return list(range(1, self.world_size))
-        return [s * self.dp for s in range(1, self.pp)]
+        return [self.layout_rank(s, 0, self.dp) for s in range(1, self.pp)]

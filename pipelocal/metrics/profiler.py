@@ -40,12 +40,12 @@ class StepProfiler:
         self.written = False
 
     @classmethod
-    def of(cls, window: list[int] | None, run_dir: Path, topo) -> StepProfiler | None:
-        """The profiler of this process (``topo``: its place in the job), or None when ``window`` is None (off)."""
+    def of(cls, window: list[int] | None, run_dir: Path, place) -> StepProfiler | None:
+        """The profiler of this process (``place``: metrics.run_log.Place), or None when ``window`` is None (off)."""
         if window is None:
             return None
-        worker = f"stage{topo.stage_index}-replica{topo.replica}"
-        return cls(window, Path(run_dir) / "profile", worker, topo.device, defer=topo.num_stages > 1)
+        worker = f"stage{place.stage_index}-replica{place.replica}"
+        return cls(window, Path(run_dir) / "profile", worker, place.device, defer=place.num_stages > 1)
 
     def at(self, step: int) -> None:
         """Before training step ``step`` (this process's global count): record it if it is in the window."""

@@ -13,13 +13,13 @@ from __future__ import annotations
 import statistics
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 from pipelocal.config_parse import to_dict
-from pipelocal.distributed.topology import Topology
 from pipelocal.metrics.console import Console, epoch_line, format_duration, remaining_s
 from pipelocal.metrics.jsonl import JsonlWriter
 from pipelocal.metrics.live import LiveCollector, LiveReporter, LiveRow
@@ -30,17 +30,42 @@ from pipelocal.metrics.summary import RunSummary
 from pipelocal.metrics.tensorboard import TensorBoardLog
 
 
+@dataclass(frozen=True)
+class Place:
+    """Where this process sits in the job, as the metrics need it: the few figures job.py passes down from
+    distributed/topology.py, so that the metrics layer imports nothing above it. ``reporters``: the ranks that
+    send live rows to rank 0 (one per stage)."""
+
+    rank: int
+    world_size: int
+    stage_index: int
+    replica: int
+    num_stages: int
+    device: torch.device
+    backend: str | None = None  # None: one process
+    reporters: tuple[int, ...] = ()
+
+    @property
+    def distributed(self) -> bool:
+        return self.backend is not None
+
+    @property
+    def is_coordinator(self) -> bool:
+        return self.rank == 0
+
+    def other_ranks(self) -> list[int]:
+        return list(self.reporters)
+
+
 class RunLog:
     """One per rank. ``control`` and ``stats`` are the gloo groups (None with one process)."""
 
-    def __init__(
-        self, cfg, topo: Topology, console: Console, run_dir: Path, control=None, stats_group=None, history=()
-    ):
-        self.cfg, self.topo, self.console, self.run_dir, self.control = cfg, topo, console, Path(run_dir), control
-        self.every = (cfg.pipeline.live_every or cfg.metrics.log_every) if topo.distributed else cfg.metrics.log_every
-        coordinator, distributed = topo.is_coordinator, topo.distributed
-        self.collector = LiveCollector(stats_group, topo.other_ranks()) if coordinator and distributed else None
-        reports = distributed and topo.rank in topo.other_ranks()
+    def __init__(self, cfg, place: Place, console: Console, run_dir: Path, control=None, stats_group=None, history=()):
+        self.cfg, self.place, self.console, self.run_dir, self.control = cfg, place, console, Path(run_dir), control
+        self.every = (cfg.pipeline.live_every or cfg.metrics.log_every) if place.distributed else cfg.metrics.log_every
+        coordinator, distributed = place.is_coordinator, place.distributed
+        self.collector = LiveCollector(stats_group, place.other_ranks()) if coordinator and distributed else None
+        reports = distributed and place.rank in place.other_ranks()
         self.reporter = LiveReporter(stats_group) if reports else None
         self.log = JsonlWriter(self.run_dir / "metrics.jsonl") if coordinator else None
         if coordinator:
@@ -58,7 +83,7 @@ class RunLog:
         which draws a progress line with the epoch's and the run's remaining time (one process) or the all-stage
         table, and appends it to live.jsonl. ``from_step``: the epoch's first step here (a resume starts part-way)."""
         title = f"epoch {epoch + 1}/{self.cfg.train.epochs}"
-        one_stage = not self.topo.distributed
+        one_stage = not self.place.distributed
         self.clock.start_epoch(epoch, steps, from_step)
         with self.console.progress(title, steps) if one_stage else _no_progress() as update:
 
@@ -66,10 +91,10 @@ class RunLog:
                 self.lr = lr  # every step: the epoch's record carries its last step's rate
                 if stats.steps % self.every and stats.steps != steps:
                     return
-                if self.reporter is None and not self.topo.is_coordinator:
+                if self.reporter is None and not self.place.is_coordinator:
                     return  # a later replica of a stage: its first replica's row stands for it
-                if self.topo.device.type == "cuda":  # once per window: time the device's work, not the host's lead
-                    torch.cuda.synchronize(self.topo.device)
+                if self.place.device.type == "cuda":  # once per window: time the device's work, not the host's lead
+                    torch.cuda.synchronize(self.place.device)
                 waits_now = current_waits()
                 elapsed = time.perf_counter() - start
                 row = _live_row(epoch, steps, stats, result, elapsed, waits, waits_now, lr)
@@ -99,10 +124,10 @@ class RunLog:
     def end_epoch(self, epoch: int, stats: StageStats) -> None:
         """Gather every stage's epoch to rank 0 (the pipeline is drained here), which logs and prints it."""
         gathered = [stats]
-        if self.topo.distributed:
-            gathered = [None] * self.topo.world_size if self.topo.is_coordinator else None
+        if self.place.distributed:
+            gathered = [None] * self.place.world_size if self.place.is_coordinator else None
             dist.gather_object(stats, gathered, dst=0, group=self.control)
-        if not self.topo.is_coordinator:
+        if not self.place.is_coordinator:
             return
         record = EpochRecord.of(epoch, gathered)
         record.lr = self.lr
@@ -122,7 +147,7 @@ class RunLog:
         """After the last epoch: every rank's final live row, then rank 0 writes and prints the summary."""
         if self.reporter is not None:
             self.reporter.report(None, final=True)
-        if not self.topo.is_coordinator:
+        if not self.place.is_coordinator:
             return None
         if self.collector is not None:
             self.collector.drain()
@@ -132,9 +157,9 @@ class RunLog:
         if self.tensorboard is not None:
             self.tensorboard.close()
         self.console.close()
-        backend = self.topo.backend or "none (one process)"
+        backend = self.place.backend or "none (one process)"
         summary = RunSummary.of(
-            to_dict(self.cfg), self.history, module_units, backend, str(self.topo.device), torch.get_num_threads()
+            to_dict(self.cfg), self.history, module_units, backend, str(self.place.device), torch.get_num_threads()
         )
         summary.provenance = provenance()
         summary.write(self.run_dir / "summary.json")
