@@ -72,3 +72,18 @@ def test_the_guard_sees_an_upward_import(tmp_path):
     assert upward_imports(tmp_path / "pipelocal") == [
         "pipelocal/metrics/bad: imports pipelocal.distributed.topology (floor 5 above metrics's 4)"
     ]
+
+
+def test_every_strategy_implements_the_protocol():
+    """The trainer drives any mode through StepStrategy: each strategy class has every method it names."""
+    from pipelocal.schedules.e2e_parallel import DDPLoop
+    from pipelocal.schedules.pipelining import PipeliningLoop
+    from pipelocal.schedules.stage_loop import StageLoop
+    from pipelocal.schedules.strategy import StepStrategy
+
+    names = [n for n, v in vars(StepStrategy).items() if callable(v) or isinstance(v, property)]
+    names = [n for n in names if not n.startswith("_")]
+    assert {"step", "evaluate", "waits", "start_epoch", "checkpoint_state"} <= set(names)
+    for cls in (StageLoop, DDPLoop, PipeliningLoop):
+        missing = [n for n in names if getattr(cls, n, None) is getattr(StepStrategy, n)]
+        assert not missing and all(hasattr(cls, n) for n in names), (cls.__name__, missing)
