@@ -202,6 +202,9 @@ class TrainConfig:
 class SlowdownConfig:
     stage: int | None = option(None, "straggler injection: this stage takes `factor` x its compute time per step")
     factor: float = option(1.0, "straggler injection: >= 1; the stage sleeps (factor - 1) x its measured compute")
+    allreduce_s: float = option(
+        0.0, "slow-network injection (replicas): each all-reduce takes at least this long, one after another"
+    )
 
 
 @dataclass

@@ -42,6 +42,8 @@ def validate(cfg: JobConfig) -> JobConfig:
     _check_guidance(cfg.guidance)
     if cfg.pipeline.buffer_size < 1 or (cfg.pipeline.max_reuse is not None and cfg.pipeline.max_reuse < 1):
         raise ConfigError("pipeline.buffer_size and pipeline.max_reuse must be at least 1")
+    if cfg.pipeline.slowdown.allreduce_s < 0:
+        raise ConfigError(f"pipeline.slowdown.allreduce_s={cfg.pipeline.slowdown.allreduce_s} must be >= 0 (0: off)")
     if cfg.pipeline.slowdown.factor < 1:
         raise ConfigError(f"pipeline.slowdown.factor={cfg.pipeline.slowdown.factor} must be >= 1 (1: off)")
     if cfg.pipeline.queue_depth < 1:

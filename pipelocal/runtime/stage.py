@@ -50,6 +50,9 @@ class Stage:
         self.numerics = Numerics.of(cfg, device, len(self.optimizers))
         for m in [*self.modules, *self.copies.values()]:
             self.numerics.prepare(m)
+        if replicas is not None:  # gradients as views of all-reduce buckets, in the params' final memory format
+            for j, m in enumerate(self.modules):
+                replicas.attach(j, [p for p in m.parameters() if p.requires_grad])
         if cfg.train.compile:
             compile_modules(self.modules)
         self.per_module = cfg.optim.step == "per_module"

@@ -108,8 +108,9 @@ class LocalStep:
         self.output: torch.Tensor | None = None
 
     def forward(self, x, batch, guide: Guide | None, on_output=None) -> None:
-        for opt in self.optimizers:
-            opt.zero_grad(set_to_none=True)
+        for j in range(len(self.optimizers)):
+            self._zero(j)
+        self.launched: set[int] = set()
         self.guided = guide is not None
         self.recompute = guide is not None and guide.recompute
         meter, deferred, last = self.meter, [], len(self.modules) - 1
@@ -176,7 +177,11 @@ class LocalStep:
     def finish(self) -> StepResult:
         """Optimizer steps of this batch (with ``stash``: of what has arrived so far)."""
         self._unstash_grads()
-        if not self.per_module:
+        if self.replicas is not None:  # modules not done yet (waiting for a late gradient): their local part now
+            for j in range(len(self.optimizers)):
+                if j not in self.launched:
+                    self._step(j)
+        elif not self.per_module:
             for j in range(len(self.optimizers)):
                 self._step(j)
         elif self.stash:
@@ -189,12 +194,18 @@ class LocalStep:
         """After a late ``receive``: one more step of the modules it trained, with only its gradient."""
         touched = [j for j in self.stashed]
         for j in touched:
-            self.optimizers[j].zero_grad(set_to_none=True)
+            self._zero(j)
         self._unstash_grads()
         for j in touched:
             self._step(j)
         self._settle()
         self.stashed.clear()
+
+    def _zero(self, j: int) -> None:
+        if self.replicas is not None:
+            self.replicas.zero(j)  # the gradients stay views of the all-reduce's buckets
+        else:
+            self.optimizers[j].zero_grad(set_to_none=True)
 
     def _step(self, j: int) -> None:
         """Module j's optimizer step; with replicas, once the all-reduce launched now has summed its gradients."""
@@ -202,7 +213,9 @@ class LocalStep:
             with TIMELINE.span(f"optimizer m{self.modules[j].index}"):
                 self.numerics.step(j, self.optimizers[j])
         else:
-            self.replicas.launch(j, self.params[j])  # body and head: a stashed body's gradients are unstashed
+            self.launched.add(j)
+            with TIMELINE.span(f"all-reduce launch m{self.modules[j].index}"):
+                self.replicas.launch(j)  # body and head: a stashed body's gradients are unstashed
 
     def _settle(self) -> None:
         if self.replicas is not None:
@@ -215,7 +228,12 @@ class LocalStep:
             for name, p in self.modules[j].body.named_parameters():
                 g = copies[name].grad
                 if g is not None:
-                    p.grad = g if p.grad is None else p.grad + g
+                    if p.grad is None:
+                        p.grad = g
+                    else:
+                        p.grad.add_(g)  # in place: with replicas, .grad is a view of the all-reduce's bucket
+                    if self.replicas is not None:
+                        self.replicas.touch([p])
                     copies[name].grad = None
 
     def _run(self, j: int, groups: dict[int, torch.Tensor]) -> None:
@@ -250,8 +268,11 @@ class LocalStep:
                 self._backward(j - 1, self.kept[j - 1][1], g, span_left - 1)
 
     def _done(self, j: int) -> None:
+        """Module j's last backward of the batch is done: its gradients are final (unless stashed, late ones still
+        to come). With replicas its all-reduce starts now, whatever ``optim.step``, to overlap the modules
+        before it; the optimizer step waits for it in ``finish``."""
         self.kept.pop(j, None)
-        if self.per_module and j not in self.stashed:
+        if j not in self.stashed and (self.per_module or self.replicas is not None):
             self._step(j)
 
 

@@ -45,7 +45,9 @@ def build_stage_loop(cfg, topo: Topology, groups: Groups | None, setup: dict, lo
     net = build_local_net(cfg, setup["info"], setup["ranges"])
     per_stage = cfg.pipeline.modules_per_stage if topo.num_stages > 1 else None  # says how P > 1 stages share
     ranges = stage_ranges(net.num_modules, topo.num_stages, per_stage)
-    replicas = Replicas(groups.dp, groups.dp_host, topo.replica, topo.dp) if cfg.pipeline.replicas > 1 else None
+    replicas = None
+    if cfg.pipeline.replicas > 1:
+        replicas = Replicas(groups.dp, groups.dp_host, topo.replica, topo.dp, cfg.pipeline.slowdown.allreduce_s)
     stage = Stage(net, ranges[topo.stage_index], cfg, topo.device, replicas)
     shard = (topo.replica, topo.dp) if replicas is not None else (0, 1)
     plan = Plan.build(cfg, setup["train_len"], setup["test_len"], setup["start_step"], shard)

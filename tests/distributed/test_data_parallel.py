@@ -28,9 +28,12 @@ CASES_4 = {  # 4 processes: P = 2 x R = 2
     "mlaan-K4-sync-bn": ["--method.name=mlaan", "--split.num_modules=4", *SYNC],
     "greedy-K4-fp16-per-module": [*GROUP, "--split.num_modules=4", "--train.precision=fp16", "--optim.step=per_module"],
 }
+SLOW_S, TIMED = 0.02, "--metrics.timeline=[3,6]"
 CASES_2 = {  # 2 processes: P = 1 x R = 2, pure data parallelism of a local method
     "greedy-K2-P1": [*GROUP, "--split.num_modules=2", *UNEVEN],
     "infopro-K4-P1-sync-bn": ["--method.name=infopro", "--split.num_modules=4", *SYNC],
+    # every all-reduce 20 ms on an injected serial link (the default optim.step: per_batch); steps 3-6 recorded
+    "greedy-K4-P1-slow-link": [*GROUP, "--split.num_modules=4", f"--pipeline.slowdown.allreduce_s={SLOW_S}", TIMED],
 }
 REPLICATED = ["--mode=pipeline", "--pipeline.replicas=2"]
 runs_p2x2 = runs_fixture(4, {name: [*TINY, *REPLICATED, *args] for name, args in CASES_4.items()})
@@ -74,6 +77,31 @@ def test_summary_shows_replicas_and_the_all_reduce(runs_p2x2):
     assert summary["steps"] == 5 and summary["guidance_steps"] == 0
     guided = json.loads((runs_p2x2 / "greedy-K4-guided" / "summary.json").read_text())
     assert guided["guidance_steps"] == 2  # steps 2 and 4 of 5 (counted once, not per replica)
+
+
+def test_all_reduce_overlaps_the_modules_after_it(runs_p1x2):
+    """A module's all-reduce starts when its last backward of the batch is done, before the next module's forward
+    (with optim.step=per_batch too), so an injected slow link (20 ms an all-reduce, one after another) is hidden
+    behind the later modules' compute: the step waits for less than the K x 20 ms that all-reduces launched at the
+    step's end would take. Read from the run's timeline, per replica and step."""
+    events = json.loads((runs_p1x2 / "greedy-K4-P1-slow-link" / "timeline.json").read_text())["traceEvents"]
+    spans = [e for e in events if e.get("ph") == "X"]
+    k, checked = 4, 0
+    for step in [e for e in spans if e["name"] == "train"]:
+        inside = {
+            e["name"]: e
+            for e in spans
+            if e["tid"] == step["tid"] and step["ts"] <= e["ts"] and e["ts"] + e["dur"] <= step["ts"] + step["dur"] + 1
+        }
+        for m in range(k - 1):  # launched before the next module computes: it can overlap
+            assert inside[f"all-reduce launch m{m}"]["ts"] < inside[f"forward m{m + 1}"]["ts"], (step["args"], m)
+        wait = inside["injected link wait"]
+        hidden = wait["ts"] - inside["all-reduce launch m0"]["ts"]  # compute (and real waits) since the first launch
+        model = max(SLOW_S, k * SLOW_S - hidden / 1e6)  # the serial link's remainder at the step's end
+        assert wait["dur"] / 1e6 <= model + 3e-3, (step["args"], wait["dur"], model)
+        assert wait["dur"] / 1e6 < k * SLOW_S - 2e-3, (step["args"], wait["dur"])  # some of it was hidden
+        checked += 1
+    assert checked == 2 * 4  # both replicas, steps 3 to 6
 
 
 ASYNC_ARGS = [*GROUP, "--split.num_modules=4", "--guidance.every=1", "--guidance.mode=async", "--train.epochs=2"]
