@@ -1,9 +1,10 @@
-"""Sequential mode against the plain-autograd reference (tests/reference/local.py) over 10+ steps: greedy, DGL and
-InfoPro, local and guidance steps (replace and add, the guidance schedules), torch's SGD and the cosine rate written
-out. Both run in float64 here, where they agree to 1e-16 (measured). In fp32 this tiny net amplifies rounding: one
-ReLU input near 0 that lands on the other side in one of the two moves a channel's gradient, and within 10 steps the
-two part by up to 2e-3 of all the weights' norm (DGL, plain SGD; measured). ``reference_state`` in fp32 is what the
-pipeline tests (invariants 1, 2 and 6) compare with, on jobs where that floor was measured low."""
+"""Sequential mode against the plain-autograd references (tests/reference/) over 10+ steps: greedy, DGL and InfoPro
+with local and guidance steps (replace and add, the guidance schedules), torch's SGD and the cosine rate written out
+(local.py); MLAAN's cascade and EMA (mlaan.py). Both run in float64 here, where they agree to 1e-16 (measured). In
+fp32 this tiny net amplifies rounding: one ReLU input near 0 that lands on the other side in one of the two moves a
+channel's gradient, and within 10 steps the two part by up to 2e-3 of all the weights' norm (DGL, plain SGD;
+measured). ``reference_state`` and ``gap_from_reference`` in fp32 are what the pipeline tests (invariants 1, 2 and 6)
+compare their jobs with, within ``PIPELINE_TOLERANCE``."""
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from pipelocal.runtime.numerics import Numerics
 from pipelocal.schedules.sequential import train_step
 from tests.conftest import tiny_config
 from tests.distributed.launch import TINY
+from tests.reference import mlaan
 from tests.reference.local import Reference, cosine_lr, guide_at
 
 
@@ -137,3 +139,23 @@ CASES = {
 def test_sequential_mode_equals_the_reference_in_float64(name):
     worst = max(gaps(sequential_float64(CASES[name]), reference_state(CASES[name], torch.float64)).values())
     assert worst < 1e-12, worst  # measured: 1e-16
+
+
+def test_mlaan_sequential_mode_equals_its_reference_in_float64():
+    """MLAAN's cascade and EMA (tests/reference/mlaan.py) over 10 steps of plain SGD (measured 2e-15 apart).
+    Parameters only, the EMA copies' included: the reference re-runs blocks for the cascade, as the authors' code
+    does, so its BatchNorm statistics move more often (docs/fidelity.md)."""
+    args = ["--method.name=mlaan", "--split.num_modules=4", "--method.ema_momentum=0.8", *PLAIN_SGD]
+    args += ["--data.batch_size=8", "--train.max_steps=10"]
+    cfg = _config(args)
+    state = sequential_float64(args)
+    loader, _, info = build_loaders(cfg.data, torch.device("cpu"), cfg.train.seed)
+    net = build_local_net(cfg, info).double()
+    followers = [m.head for m in net.local_modules if getattr(m.head, "follow_ema", False)]
+    assert followers
+    m = cfg.method
+    for _, _, _, batch in _batches(cfg, loader, torch.float64):
+        mlaan.step(net, batch.x, batch.y, cfg.optim.lr, followers, m.ema_momentum, m.ema_timing)
+    parameters = dict(net.named_parameters())
+    worst = max(gaps({k: state[k] for k in parameters}, parameters).values())
+    assert worst < 1e-12, worst
