@@ -14,6 +14,7 @@ from pipelocal.optim import build_optimizers, lr_for_step, set_lr
 from pipelocal.runtime import build_local_net
 from pipelocal.runtime.guidance import guide_for
 from pipelocal.runtime.numerics import Numerics
+from pipelocal.runtime.step import LocalStep, net_spans
 from pipelocal.schedules.sequential import train_step
 from tests.conftest import tiny_config
 from tests.distributed.launch import TINY
@@ -52,6 +53,8 @@ def reference_state(overrides: list[str], dtype: torch.dtype = torch.float32, st
     for epoch, i, steps, batch in _batches(cfg, loader, dtype):
         lr = o.lr if o.schedule == "constant" else cosine_lr(o.lr, epoch, i, steps, cfg.train.epochs)
         ref.step(batch, lr, guide_at(cfg.guidance, epoch, epoch * steps + i, cfg.train.epochs))
+        if i == steps - 1:
+            ref.drain(lr)
     return net.state_dict()
 
 
@@ -158,4 +161,63 @@ def test_mlaan_sequential_mode_equals_its_reference_in_float64():
         mlaan.step(net, batch.x, batch.y, cfg.optim.lr, followers, m.ema_momentum, m.ema_timing)
     parameters = dict(net.named_parameters())
     worst = max(gaps({k: state[k] for k in parameters}, parameters).values())
+    assert worst < 1e-12, worst
+
+
+def _async_two_stages(overrides: list[str], delay: int) -> dict:
+    """Async guidance on two stages of 2 modules, in one process and float64: stage 0's steps run on stashed weights
+    (runtime/step.py's LocalStep, as a pipeline stage builds it) and each late gradient from stage 1 is applied
+    ``delay`` steps after the next step begins (a fixed delay, which a real pipeline's timing does not give)."""
+    cfg = _config(overrides)
+    torch.use_deterministic_algorithms(True)
+    loader, _, info = build_loaders(cfg.data, torch.device("cpu"), cfg.train.seed)
+    net = build_local_net(cfg, info).double()
+    stages = [list(net.local_modules[:2]), list(net.local_modules[2:])]
+    opts = [build_optimizers(modules, cfg.optim) for modules in stages]
+    numerics, per_module = _Float64("fp32", torch.device("cpu")), cfg.optim.step == "per_module"
+    waiting = []  # (the step whose gradient it is, stage 0's LocalStep, stage 1's gradient)
+    for epoch, i, steps, batch in _batches(cfg, loader, torch.float64):
+        t = epoch * steps + i
+        set_lr([*opts[0], *opts[1]], lr_for_step(cfg, epoch, i, steps))
+        while waiting and waiting[0][0] + delay + 1 <= t:
+            _, first, grads = waiting.pop(0)
+            first.receive(grads)
+            first.finish_late()
+        guide = guide_for(cfg.guidance, epoch, t, cfg.train.epochs)
+        spans = net_spans(net.method, guide)
+        first = LocalStep(stages[0], opts[0], per_module, spans, stash=True, numerics=numerics)
+        first.forward(batch.x, batch, guide)
+        first.finish()
+        last = LocalStep(stages[1], opts[1], per_module, spans, numerics=numerics)
+        last.forward(first.output, batch, guide)
+        last.finish()
+        if first.incoming:
+            waiting.append((t, first, dict(last.upstream)))
+        if i == steps - 1:  # the epoch's end drains what is in flight
+            for _, first, grads in waiting:
+                first.receive(grads)
+                first.finish_late()
+            waiting.clear()
+    return net.state_dict()
+
+
+ASYNC = ["--method.name=greedy", "--split.num_modules=4", "--guidance.every=3", "--guidance.combine=add"]
+ASYNC += ["--guidance.weight=0.5", "--guidance.mode=async", "--data.batch_size=16", "--train.max_steps=10"]
+
+
+@pytest.mark.parametrize("delay", [0, 2])
+def test_async_guidance_with_a_stated_delay_equals_the_reference_in_float64(delay):
+    """Stashed weights and late steps: guidance at steps 2, 5, 8 of 10 (add, weight 0.5, Nesterov momentum), stage
+    0's late gradients applied at steps 3, 6, 9 (delay 0) or 5, 8 and the epoch's end (delay 2)."""
+    cfg = _config(ASYNC)
+    o = cfg.optim
+    loader, _, info = build_loaders(cfg.data, torch.device("cpu"), cfg.train.seed)
+    net = build_local_net(cfg, info).double()
+    ref = Reference(net, "greedy", None, o.momentum, o.nesterov, o.weight_decay, late_modules=2, delay=delay)
+    for epoch, i, steps, batch in _batches(cfg, loader, torch.float64):
+        lr = cosine_lr(o.lr, epoch, i, steps, cfg.train.epochs)
+        ref.step(batch, lr, guide_at(cfg.guidance, epoch, epoch * steps + i, cfg.train.epochs))
+        if i == steps - 1:
+            ref.drain(lr)
+    worst = max(gaps(_async_two_stages(ASYNC, delay), net.state_dict()).values())
     assert worst < 1e-12, worst

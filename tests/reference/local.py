@@ -5,7 +5,9 @@ statistics move once, as in a real step); its local loss trains f_i and its head
 respect to those parameters alone, which is what detaching its input means); the last module's loss is the
 backbone classifier's cross-entropy. On a guidance step the final loss trains every body and the classifier, end to
 end: ``replace`` uses weight x that gradient alone (aux heads are not run), ``add`` adds it to the local gradients
-(the last module gets its CE twice). Then one SGD step (momentum, Nesterov, weight decay as torch's SGD defines
+(the last module gets its CE twice); async, the modules on stages before the last get that end-to-end part, taken
+at the guidance step's weights (weight stashing), as an SGD step of its own a stated number of steps later. Then one
+SGD step (momentum, Nesterov, weight decay as torch's SGD defines
 them, written out) at the step's rate. Only nn.Modules of the net are borrowed (their weights and torch's layer
 forwards), never a head's forward: greedy's and DGL's heads are an ``nn.Sequential`` ``net``; InfoPro's a
 ``decoder`` (upsampled first, here) and a ``task`` net, its λs interpolated here from the configured four.
@@ -58,6 +60,13 @@ class Reference:
     nesterov: bool = False
     weight_decay: float = 0.0
     buffers: dict = field(default_factory=dict)  # momentum buffers by parameter
+    # Async guidance: the first ``late_modules`` (those on stages before the last) get a guidance step's end-to-end
+    # gradient, computed at that step's weights, as one more SGD step of its own at the start of the step ``delay``
+    # steps after the next (or at the epoch's end, ``drain``); their local part is applied at once.
+    late_modules: int = 0
+    delay: int = 0
+    pending: list = field(default_factory=list)  # (the step it is due at, its gradients)
+    t: int = 0  # steps taken
 
     def local_loss(self, module, h: torch.Tensor, batch) -> torch.Tensor:
         """Module ``module``'s own loss on its output ``h``: CE of its aux net (greedy, DGL, the final classifier)
@@ -76,16 +85,20 @@ class Reference:
             loss = loss + task_weight * F.cross_entropy(head.task(h), batch.y)
         return loss
 
-    def gradients(self, batch, guide: tuple[str, float] | None = None) -> dict:
-        """Each trained parameter's gradient on ``batch``; ``guide``: (combine, weight) on a guidance step."""
+    def gradients(self, batch, guide: tuple[str, float] | None = None) -> tuple[dict, dict]:
+        """Each trained parameter's gradient on ``batch``; ``guide``: (combine, weight) on a guidance step. Two
+        parts: what is applied now, and the end-to-end gradient of the late modules' parameters (async)."""
         modules = list(self.net.local_modules)
-        grads: dict = {}
+        now: dict = {}
+        later: dict = {}
+        late = {p for m in modules[: self.late_modules] for p in m.parameters()}
 
-        def add(loss, params):
+        def add(loss, params, async_late=False):
             params = [p for p in params if p.requires_grad]
             for p, g in zip(params, torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)):
+                into = later if async_late and p in late else now
                 if g is not None:
-                    grads[p] = grads[p] + g if p in grads else g
+                    into[p] = into[p] + g if p in into else g
 
         hs, h = [], batch.x
         for module in modules:
@@ -97,8 +110,9 @@ class Reference:
         if guide is not None:
             combine, weight = guide
             final = weight * F.cross_entropy(modules[-1].head.net(hs[-1]), batch.y)
-            add(final, [p for m in modules for p in m.body.parameters()] + list(modules[-1].head.parameters()))
-        return grads
+            params = [p for m in modules for p in m.body.parameters()] + list(modules[-1].head.parameters())
+            add(final, params, async_late=True)
+        return now, later
 
     @torch.no_grad()
     def sgd(self, grads: dict, lr: float) -> None:
@@ -113,4 +127,16 @@ class Reference:
             p.sub_(lr * d)
 
     def step(self, batch, lr: float, guide: tuple[str, float] | None = None) -> None:
-        self.sgd(self.gradients(batch, guide), lr)
+        """One training step at rate ``lr``: late gradients due now first (async), then this batch's."""
+        while self.pending and self.pending[0][0] <= self.t:
+            self.sgd(self.pending.pop(0)[1], lr)
+        now, later = self.gradients(batch, guide)
+        self.sgd(now, lr)
+        if later:
+            self.pending.append((self.t + self.delay + 1, later))
+        self.t += 1
+
+    def drain(self, lr: float) -> None:
+        """The epoch's end: every late gradient still pending is applied, oldest first."""
+        while self.pending:
+            self.sgd(self.pending.pop(0)[1], lr)
