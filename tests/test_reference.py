@@ -133,7 +133,7 @@ CASES = {
     # 3 epochs of 4 steps: bursts of 2 ending periods of 3, then 4 steps; the third epoch end to end (replace)
     "infopro-add-schedule": ["--method.name=infopro", "--split.num_modules=4", "--method.lambdas=[1,0.5,0.2,1]"]
     + ["--guidance.combine=add", "--guidance.weight=0.5", "--guidance.every=3", "--guidance.every_end=5"]
-    + ["--guidance.burst=2", "--guidance.every_epochs=3", "--train.epochs=3", "--data.batch_size=16"]
+    + ["--guidance.burst=2", "--guidance.every_epochs=3", "--train.epochs=3", "--data.batch_size=8"]
     + ["--train.max_steps=4"],
 }
 
