@@ -43,6 +43,8 @@ def reference_state(overrides: list[str], dtype: torch.dtype = torch.float32, st
     # what the reference writes out: SGD, a cosine or constant rate set every step, no warm-up, fp32 compute
     assert o.name == "sgd" and o.warmup_epochs == 0 and o.per_step and o.schedule in ("cosine", "constant")
     assert cfg.train.precision == "fp32"
+    if cfg.method.name == "infopro":  # InfoPro as local.py writes it: CE task loss, the CIFAR decoder
+        assert cfg.method.loss == "softmax" and cfg.method.aux_net == "cifar"
     torch.use_deterministic_algorithms(True)
     loader, _, info = build_loaders(cfg.data, torch.device("cpu"), cfg.train.seed)
     net = build_local_net(cfg, info).to(dtype)
