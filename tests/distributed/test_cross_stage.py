@@ -14,6 +14,7 @@ from pipelocal.schedules.plan import Plan
 from tests.conftest import tiny_config
 from tests.distributed.launch import TINY, runs_fixture
 from tests.distributed.test_pipeline import sequential_state
+from tests.test_reference import PIPELINE_RUNS, PIPELINE_TOLERANCE, gap_from_reference
 
 
 def _summary(out, name: str) -> dict:
@@ -72,6 +73,8 @@ SCHEDULES = {
     "by-epochs": ["--guidance.every_epochs=2"],
 }
 SCHEDULED = ["--method.name=infopro", "--split.num_modules=4", "--train.epochs=2"]
+# Invariant 2 against the plain-autograd reference too (tests/reference/local.py): 10 steps, K = 4 on P = 2
+REFERENCED = ["ref-greedy-add", "ref-infopro-replace"]
 runs_p2 = runs_fixture(
     2,
     _cases(
@@ -80,6 +83,7 @@ runs_p2 = runs_fixture(
         stale_ema=STALE_EMA,
         **{name: [*SCHEDULED, *args] for name, args in SCHEDULES.items()},
         burst_async=[*SCHEDULED, *SCHEDULES["burst"], "--guidance.mode=async"],
+        **{name: [*PIPELINE_RUNS[name], "--guidance.mode=sync"] for name in REFERENCED},
     ),
 )
 runs_p4 = runs_fixture(4, _cases(4, async_e2e=ASYNC_E2E))
@@ -93,6 +97,15 @@ def test_sync_cross_stage_gradients_equal_sequential(request, method, nproc, k, 
     _assert_same(load_merged(out / name), sequential_state(_sync(method, k, extra)))
     every = next((int(e.split("=")[1]) for e in extra if e.startswith("--guidance.every=")), 0)
     assert _summary(out, name)["stages"][0]["guided_steps"] == (5 // every if every else 0)
+
+
+@pytest.mark.parametrize("name", REFERENCED)
+def test_sync_guidance_equals_sequential_and_the_reference(runs_p2, name):
+    piped = load_merged(runs_p2 / name)
+    _assert_same(piped, sequential_state(PIPELINE_RUNS[name]))
+    gap = gap_from_reference(piped, PIPELINE_RUNS[name])
+    assert gap < PIPELINE_TOLERANCE, gap  # measured: 4.5e-5 (add), 9.7e-4 (replace)
+    assert _summary(runs_p2, name)["guidance_steps"] == {"ref-greedy-add": 5, "ref-infopro-replace": 3}[name]
 
 
 @pytest.mark.parametrize("name", SCHEDULES)

@@ -12,6 +12,7 @@ from pipelocal.config import ConfigError
 from tests.conftest import tiny_config
 from tests.distributed.launch import TINY, runs_fixture, torchrun_runs
 from tests.distributed.test_pipeline import evaluated_top1, sequential_state
+from tests.test_reference import PIPELINE_RUNS, PIPELINE_TOLERANCE, gap_from_reference
 
 GROUP = ["--model.norm=group", "--method.name=greedy"]  # no BatchNorm anywhere: replicas are exact
 SYNC = ["--pipeline.sync_batchnorm=true"]  # BatchNorm in the backbone and heads, its statistics over all replicas
@@ -27,6 +28,7 @@ CASES_4 = {  # 4 processes: P = 2 x R = 2
     "greedy-K4-guided": [*GROUP, "--split.num_modules=4", "--guidance.every=2"],
     "mlaan-K4-sync-bn": ["--method.name=mlaan", "--split.num_modules=4", *SYNC],
     "greedy-K4-fp16-per-module": [*GROUP, "--split.num_modules=4", "--train.precision=fp16", "--optim.step=per_module"],
+    "ref-greedy-group-add": PIPELINE_RUNS["ref-greedy-group-add"],  # 10 steps of 16 rows, 8 per replica
 }
 SLOW_S, TIMED = 0.02, "--metrics.timeline=[3,6]"
 CASES_2 = {  # 2 processes: P = 1 x R = 2, pure data parallelism of a local method
@@ -52,6 +54,14 @@ def test_p2_r2_equals_sequential(runs_p2x2, name):
     # (about 1e-3 relative); a missing share weight or all-reduce would be off by a factor of 2
     tolerance = 1e-3 if "fp16" in name else 1e-5
     assert_same_weights(load_merged(runs_p2x2 / name), sequential_state(CASES_4[name]), tolerance)
+
+
+def test_p2_r2_equals_the_reference(runs_p2x2):
+    """Invariant 6 against the plain-autograd reference on the global batch (tests/reference/local.py), with
+    guidance (add) every 3 steps; the same run equals sequential mode above."""
+    name = "ref-greedy-group-add"
+    gap = gap_from_reference(load_merged(runs_p2x2 / name), CASES_4[name])
+    assert gap < PIPELINE_TOLERANCE, gap  # measured: 1.5e-6
 
 
 @pytest.mark.parametrize("name", CASES_2)
