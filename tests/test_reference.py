@@ -14,7 +14,8 @@ from pipelocal.optim import build_optimizers, lr_for_step, set_lr
 from pipelocal.runtime import build_local_net
 from pipelocal.runtime.guidance import guide_for
 from pipelocal.runtime.numerics import Numerics
-from pipelocal.runtime.step import LocalStep, net_spans
+from pipelocal.runtime.spans import net_spans
+from pipelocal.runtime.step import LocalStep
 from pipelocal.schedules.sequential import train_step
 from tests.conftest import tiny_config
 from tests.distributed.launch import TINY
