@@ -32,7 +32,7 @@ from pipelocal.metrics.run_log import Place, RunLog
 from pipelocal.metrics.summary import RunSummary
 from pipelocal.metrics.timeline import TIMELINE
 from pipelocal.preemption import Preemption
-from pipelocal.runtime import determinism
+from pipelocal.runtime import determinism, host_memory
 from pipelocal.runtime.profile import split_for
 from pipelocal.runtime.watchdog import Watchdog
 from pipelocal.schedules import MODES, Mode
@@ -152,6 +152,8 @@ def start(cfg: JobConfig, mode: Mode):
         topo, groups, threads = Topology.single(pick_device(cfg.train.device)), None, cfg.train.threads
     if threads:
         torch.set_num_threads(threads)
+    if topo.device.type == "cpu" and cfg.train.host_allocator == "reuse":
+        host_memory.keep_freed_memory()
     determinism.configure(cfg.train.deterministic, topo.device)
     return topo, groups
 
