@@ -1,7 +1,7 @@
 """Measure what the simulator is validated against, on this machine: the inputs (unit costs, link and all-reduce
 times) and the runs (samples/s), each with the load average it ran under.
 
-    python benchmarks/simulate_measure.py [--steps 20] [--epochs 3] [--only NAME ...]
+    python benchmarks/simulate_measure.py [--steps 20] [--epochs 3] [--passes 3] [--only NAME ...]
 
 Each run also records the cores other tenants of the machine kept busy while it ran (/proc/stat's busy time
 less the run's own CPU time, over its wall time). Inputs are measured apart from the runs (profile_units, as
@@ -26,8 +26,11 @@ from common import hardware, pipelocal_command, results_dir, run_job
 
 from pipelocal.config_parse import load_config
 from pipelocal.data import DataInfo
-from pipelocal.runtime import profile
+from pipelocal.data.sources import Batch
+from pipelocal.methods import CrossEntropyHead
+from pipelocal.runtime import host_memory, profile
 from pipelocal.runtime.local_net import backbone_for
+from pipelocal.runtime.numerics import Numerics
 
 ROOT = Path(__file__).resolve().parent.parent
 FMNIST = DataInfo(10, (1, 28, 28))
@@ -73,62 +76,111 @@ def load1() -> float:
     return os.getloadavg()[0]
 
 
-def cpu_clock(threads: int):
-    """Seconds of CPU time per thread: the work itself, which other tenants of the cores do not stretch as they
-    stretch wall time (at 2 threads this assumes the two share the work evenly)."""
-    return lambda *_: time.process_time() / threads
+class Subject:
+    """One profile's net: a config's backbone and the head a module ending at each unit would get, prepared as
+    the run trains them (threads, memory format), and a batch of ``batch`` rows."""
+
+    def __init__(self, config: str, overrides: list[str], threads: int, batch: int):
+        self.config, self.overrides, self.threads, self.batch = config, overrides, threads, batch
+        self.cfg = load_config(ROOT / config, [*overrides, f"--data.batch_size={batch}"])
+        self.numerics = Numerics.of(self.cfg, torch.device("cpu"))
+        self.backbone = self.numerics.prepare(backbone_for(self.cfg, FMNIST))
+        n, k = self.backbone.num_units, self.cfg.split.num_modules
+        heads = [profile._head_at(self.cfg, FMNIST, self.backbone, u, k) for u in range(n - 1)]
+        heads.append(CrossEntropyHead(self.backbone.classifier))
+        self.heads = [self.numerics.prepare(h) if h is not None else None for h in heads]
+        x = torch.rand(batch, *FMNIST.input_shape)
+        self.data = Batch(x, torch.randint(0, FMNIST.num_classes, (batch,)), x)
+        self.rounds: list[tuple[list, list, list]] = []
+
+    def time_chain(self, repeats: int) -> None:
+        """Time ``repeats`` chained steps (:func:`chained_step`) and keep them."""
+        torch.set_num_threads(self.threads)
+        self.rounds += [chained_step(self) for _ in range(repeats)]
+
+    def costs(self) -> dict:
+        """The medians of every timed step, with the saved bytes profile_units measures, shapes and parameters."""
+        torch.set_num_threads(self.threads)
+        prof = profile.profile_units(self.cfg, FMNIST, torch.device("cpu"))
+        fwd, bwd, head_s = ([statistics.median(c) for c in zip(*(r[i] for r in self.rounds))] for i in range(3))
+        shapes = self.backbone.unit_shapes(FMNIST.input_shape)
+        return {
+            "threads": self.threads,
+            "batch": self.batch,
+            "clock": f"wall, chained steps (median of {len(self.rounds)}, taken in rounds across the profiles)",
+            "unit_s": [f + b for f, b in zip(fwd, bwd)],
+            "head_s": head_s,
+            "forward_s": fwd,
+            "profile_units_s": prof.unit_s,
+            "profile_head_s": prof.head_s,
+            "unit_saved_bytes": prof.unit_bytes,
+            "head_saved_bytes": prof.head_bytes,
+            "out_bytes": [self.batch * 4 * int(torch.tensor(s).prod()) for s in shapes],
+            "param_bytes": [sum(p.numel() * 4 for p in u.parameters()) for u in self.backbone.units],
+            "classifier_param_bytes": sum(p.numel() * 4 for p in self.backbone.classifier.parameters()),
+        }
 
 
-def unit_costs(config: str, overrides: list[str], threads: int, batch: int) -> dict:
-    """profile_units at ``batch`` rows and ``threads`` threads, plus forward-only times, shapes and parameters;
-    timed on the CPU clock (:func:`cpu_clock`), the profiler's own code otherwise."""
-    cfg = load_config(ROOT / config, [*overrides, f"--data.batch_size={batch}"])
-    torch.set_num_threads(threads)
-    clock, profile._now = cpu_clock(threads), cpu_clock(threads)
-    prof = profile.profile_units(cfg, FMNIST, torch.device("cpu"))
-    backbone = backbone_for(cfg, FMNIST)
-    shapes = backbone.unit_shapes(FMNIST.input_shape)
-    fwd, x = [], torch.rand(batch, *FMNIST.input_shape)
-    with torch.no_grad():
-        for unit in backbone.units:
-            times = []
-            for _ in range(5):
-                start = clock()
-                y = unit(x)
-                times.append(clock() - start)
-            fwd.append(statistics.median(times[2:]))
-            x = y
-    params = [sum(p.numel() * 4 for p in u.parameters()) for u in backbone.units]
-    return {
-        "threads": threads,
-        "batch": batch,
-        "unit_s": prof.unit_s,
-        "head_s": prof.head_s,
-        "forward_s": fwd,
-        "unit_saved_bytes": prof.unit_bytes,
-        "head_saved_bytes": prof.head_bytes,
-        "out_bytes": [batch * 4 * int(torch.tensor(s).prod()) for s in shapes],
-        "param_bytes": params,
-        "classifier_param_bytes": sum(p.numel() * 4 for p in backbone.classifier.parameters()),
-    }
+def chained_step(subject: Subject) -> tuple[list, list, list]:
+    """Each unit's forward and backward and each head's forward + backward, timed as a training step runs them:
+    one pass through the whole chain (every unit's activations alive, each unit once), on the wall clock.
+    profile_units repeats one unit in a hot loop instead; both are kept (profile_units_s)."""
+    backbone, heads, data, numerics = subject.backbone, subject.heads, subject.data, subject.numerics
+    n = len(backbone.units)
+    fwd, bwd, head_s = [0.0] * n, [0.0] * n, [0.0] * n
+    ins, outs, h = [], [], numerics.layout(data.x)
+    for u, unit in enumerate(backbone.units):
+        hi = h.detach().requires_grad_(u > 0)
+        start = time.perf_counter()
+        h = unit(hi)
+        fwd[u] = time.perf_counter() - start
+        ins.append(hi)
+        outs.append(h)
+    for u, head in enumerate(heads[:-1]):
+        if head is not None:
+            start = time.perf_counter()
+            head(outs[u].detach(), data)["loss"].backward()
+            head_s[u] = time.perf_counter() - start
+    last = outs[-1].detach().requires_grad_(True)  # the classifier's head gives the chain its gradient
+    start = time.perf_counter()
+    heads[-1](last, data)["loss"].backward()
+    head_s[-1] = time.perf_counter() - start
+    grad = last.grad
+    for u in reversed(range(n)):
+        start = time.perf_counter()
+        outs[u].backward(grad)
+        bwd[u] = time.perf_counter() - start
+        grad = ins[u].grad
+    return fwd, bwd, head_s
 
 
-def profiles() -> dict:
-    infopro = "configs/fmnist/pipeline_infopro_p2.yaml"
-    out = {
-        name: unit_costs(cfg, ov, 1, 128)
-        for name, (cfg, ov) in {
-            "greedy": ("configs/fmnist/pipeline_greedy_p2.yaml", []),
-            "dgl": ("configs/fmnist/pipeline_dgl_p2.yaml", []),
-            "infopro": (infopro, []),
-            "infopro-k4-cl": ("configs/default.yaml", []),
-        }.items()
-    }
-    out["e2e-2threads"] = unit_costs(infopro, ["--method.name=e2e"], 2, 128)
-    out["e2e-1thread"] = unit_costs(infopro, ["--method.name=e2e"], 1, 128)
-    out["e2e-b64"] = unit_costs(infopro, ["--method.name=e2e"], 1, 64)
-    out["e2e-b32"] = unit_costs(infopro, ["--method.name=e2e"], 1, 32)
-    return out
+INFOPRO = "configs/fmnist/pipeline_infopro_p2.yaml"
+E2E = ["--method.name=e2e"]
+# name: (config, overrides, threads, rows): what the validation runs train, per process
+PROFILES = {
+    "greedy": ("configs/fmnist/pipeline_greedy_p2.yaml", [], 1, 128),
+    "dgl": ("configs/fmnist/pipeline_dgl_p2.yaml", [], 1, 128),
+    "infopro": (INFOPRO, [], 1, 128),
+    "infopro-b64": (INFOPRO, [], 1, 64),
+    "infopro-k4-cl": ("configs/default.yaml", [], 1, 128),
+    "e2e-2threads": (INFOPRO, E2E, 2, 128),
+    "e2e-1thread": (INFOPRO, E2E, 1, 128),
+    "e2e-b64": (INFOPRO, E2E, 1, 64),
+    "e2e-b32": (INFOPRO, E2E, 1, 32),
+}
+
+
+def profiles(rounds: int = 4, repeats: int = 2) -> dict:
+    """Every profile's chained steps, taken in ``rounds`` rounds across all of them (after one warm-up step
+    each), so a slow minute of the host falls on every profile alike, not on one."""
+    subjects = {name: Subject(*spec) for name, spec in PROFILES.items()}
+    for subject in subjects.values():
+        torch.set_num_threads(subject.threads)
+        chained_step(subject)  # warm-up
+    for _ in range(rounds):
+        for subject in subjects.values():
+            subject.time_chain(repeats)
+    return {name: subject.costs() for name, subject in subjects.items()}
 
 
 def head_param_bytes(config: str, overrides: list[str]) -> list[float]:
@@ -165,20 +217,10 @@ def optimizer_s_per_byte(nbytes: int = 4 << 20, repeats: int = 7) -> float:
 
 
 def extras(data: dict) -> None:
-    """Inputs added after the first measurement: InfoPro at 64 rows (a replica's share), heads' parameters,
-    the optimizer's cost."""
-    infopro = "configs/fmnist/pipeline_infopro_p2.yaml"
+    """Inputs beside the unit costs: heads' parameters, the optimizer's cost."""
     data["extras_uptime"] = uptime()
-    data["profiles"]["infopro-b64"] = unit_costs(infopro, [], 1, 64)
-    sources = {
-        "greedy": ("configs/fmnist/pipeline_greedy_p2.yaml", []),
-        "dgl": ("configs/fmnist/pipeline_dgl_p2.yaml", []),
-        "infopro": (infopro, []),
-        "infopro-b64": (infopro, []),
-        "infopro-k4-cl": ("configs/default.yaml", []),
-    }
     for name, prof in data["profiles"].items():
-        config, overrides = sources.get(name, (infopro, ["--method.name=e2e"]))
+        config, overrides, _, _ = PROFILES[name]
         prof["head_param_bytes"] = head_param_bytes(config, overrides)
     data["optimizer_s_per_byte"] = optimizer_s_per_byte()
 
@@ -190,7 +232,7 @@ def links() -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def measure_run(name: str, args, folder: Path) -> dict:
+def measure_run(name: str, args, folder: Path, attempt: int = 0) -> dict:
     config, nproc, overrides = RUNS[name]
     cmd = pipelocal_command(
         [
@@ -203,12 +245,12 @@ def measure_run(name: str, args, folder: Path) -> dict:
             f"--train.eval_every={args.epochs}",
             "--metrics.console=none",
             f"--metrics.out_dir={folder / 'runs'}",
-            f"--metrics.run_name={name}",
+            f"--metrics.run_name={name}-pass{attempt}",
         ],
         nproc,
     )
     before, start, busy, ours = uptime(), time.time(), busy_cores_s(), children_cpu_s()
-    summary = run_job(cmd, folder / "runs" / name, ROOT)
+    summary = run_job(cmd, folder / "runs" / f"{name}-pass{attempt}", ROOT)
     wall = time.time() - start
     others = max(0.0, (busy_cores_s() - busy) - (children_cpu_s() - ours)) / wall
     return {
@@ -230,11 +272,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--passes", type=int, default=3, help="measure each run this many times (median)")
     parser.add_argument("--only", nargs="*", default=list(RUNS), choices=list(RUNS))
     parser.add_argument("--extras", action="store_true", help="only add the extra inputs to measured.json")
     parser.add_argument("--runs-only", action="store_true", help="keep the inputs measured.json has, measure runs")
     parser.add_argument("--out")
     args = parser.parse_args()
+    host_memory.keep_freed_memory()  # as the runs do (train.host_allocator: reuse)
     folder = results_dir("simulate", args.out)
     path = folder / "measured.json"
     data = json.loads(path.read_text()) if path.exists() else {"runs": {}}
@@ -260,10 +304,19 @@ def main() -> None:
 
 
 def measure_runs(data: dict, args, folder: Path, path: Path) -> None:
-    for name in args.only:
-        data["runs"][name] = measure_run(name, args, folder)
-        print(name, data["runs"][name]["samples_per_s"], data["runs"][name]["uptime_before"], flush=True)
-        path.write_text(json.dumps(data, indent=1))
+    """Every run ``args.passes`` times, one pass over the set after another (so a slow minute of the host falls
+    on one pass of each run, not on every pass of one); a run's figure is the median of its passes."""
+    passes = {name: [] for name in args.only}
+    for p in range(args.passes):
+        for name in args.only:
+            passes[name].append(measure_run(name, args, folder, p))
+            print(p, name, passes[name][-1]["samples_per_s"], passes[name][-1]["uptime_before"], flush=True)
+            run = dict(passes[name][len(passes[name]) // 2])
+            run["samples_per_s"] = statistics.median(r["samples_per_s"] for r in passes[name])
+            run["passes"] = [r["samples_per_s"] for r in passes[name]]
+            run["others_cores"] = statistics.median(r["others_cores"] for r in passes[name])
+            data["runs"][name] = run
+            path.write_text(json.dumps(data, indent=1))
     print(path)
 
 

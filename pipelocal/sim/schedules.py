@@ -53,6 +53,7 @@ class Job:
     guide_mode: str = "sync"
     replay: bool = False  # a replay buffer between stages: a consumer trains on what is there
     ema_every: int = 0  # MLAAN: EMA weights sent to the previous stage every N steps
+    ddp_overhead_s: float = 0.0  # what torch's DDP adds to a replica's step beyond its all-reduce (measured)
 
     @property
     def num_stages(self) -> int:
@@ -158,6 +159,8 @@ def ddp_replica(job: Job, u: Units, r: int, bucket_bytes: float = 25 * 2**20, fi
     all-reduce each time a bucket fills (the first one small, as torch's DDP), all of them waited before the step."""
     n, group = len(u.fwd), tuple(range(job.replicas))
     for t in range(job.steps):
+        if job.replicas > 1 and job.ddp_overhead_s:  # buffer broadcast, reducer hooks, bucket copies
+            yield compute(job.ddp_overhead_s, "ddp overhead", u.threads)
         yield compute(sum(u.fwd), "forward", u.threads)
         yield compute(u.head[-1], "head", u.threads)
         buckets, size, cap = 0, 0.0, first_bucket
