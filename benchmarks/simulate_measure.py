@@ -81,7 +81,7 @@ class Subject:
     the run trains them (threads, memory format), and a batch of ``batch`` rows."""
 
     def __init__(self, config: str, overrides: list[str], threads: int, batch: int):
-        self.config, self.overrides, self.threads, self.batch = config, overrides, threads, batch
+        self.threads, self.batch = threads, batch
         self.cfg = load_config(ROOT / config, [*overrides, f"--data.batch_size={batch}"])
         self.numerics = Numerics.of(self.cfg, torch.device("cpu"))
         self.backbone = self.numerics.prepare(backbone_for(self.cfg, FMNIST))

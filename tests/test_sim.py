@@ -72,6 +72,13 @@ def test_ddp_all_reduce_overlaps_backward():
     assert res.trace.makespan_s == pytest.approx(2 + 2 + 1)
 
 
+def test_ddp_overhead_is_paid_once_per_replica_step_and_not_by_one_process():
+    u = units(n=1, f=1.0, b=1.0, h=0.0, params=0.0)
+    for replicas, expected in ((2, 3 * (2.0 + 0.25)), (1, 3 * 2.0)):  # one process has no DDP wrapper to pay
+        job = Job("ddp", [(0, 1)], [[0]], replicas=replicas, steps=3, ddp_overhead_s=0.25)
+        assert simulate(job, lambda rows: u, Machine()).trace.makespan_s == pytest.approx(expected)
+
+
 def test_oversubscribed_cores_share_time():
     u = units(n=1, f=1.0, b=1.0, h=0.0, params=0.0)
     job = Job("ddp", [(0, 1)], [[0]], replicas=4, steps=3)
