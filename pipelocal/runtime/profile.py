@@ -106,8 +106,10 @@ def _measure(unit, head, x, batch, device, repeats, numerics, warmup):
         meter.reset_peak()
         head_bytes = 0
         if head is not None:
+            # the head's input needs its gradient, as in training (the local loss trains the module through it):
+            # on a detached input the backward would skip the head's input gradient, a third of a conv head's cost
             with meter.hooks(), numerics.autocast():
-                loss = head(h.detach(), batch)["loss"]
+                loss = head(h.detach().requires_grad_(True), batch)["loss"]
             head_bytes = meter.peak
             loss.backward()
         end = _now(device)

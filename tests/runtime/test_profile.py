@@ -18,6 +18,28 @@ def test_profile_measures_every_unit_and_head():
     assert prof.unit_bytes[0] > prof.unit_bytes[-1]  # full resolution early, a quarter late
 
 
+def test_a_head_is_timed_with_its_input_gradient(monkeypatch):
+    """In training the local loss's gradient flows through the head into the module: a head timed on a
+    detached input leaves out its input gradient (a third of a conv head's backward), and balance: time
+    undercounts every module's head."""
+    from pipelocal.runtime import profile
+
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(()))
+
+        def forward(self, h, batch):
+            seen.append(h.requires_grad)
+            return {"loss": (h * self.w).mean()}
+
+    monkeypatch.setattr(profile, "_head_at", lambda *args: Recorder())
+    profile_units(tiny_config("--method.name=dgl", "--split.num_modules=2"), INFO, CPU, 1, 0)
+    assert len(seen) == 3 and all(seen)  # the 3 aux heads; the last unit's is the classifier's
+
+
 def test_split_for_time_and_memory_cover_all_units():
     for balance in ("time", "memory"):
         cfg = tiny_config(f"--split.balance={balance}", "--split.num_modules=3")
