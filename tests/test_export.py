@@ -15,9 +15,9 @@ from pipelocal.data import build_loaders
 from pipelocal.export import evaluate_checkpoint, export_backbone, main
 from pipelocal.models import build_backbone
 from pipelocal.runtime import build_local_net
-from pipelocal.runtime.evaluation import score_heads
 from pipelocal.runtime.profile import split_for
 from tests.conftest import tiny_config
+from tests.reference.local import top1
 
 DEVICE = torch.device("cpu")
 
@@ -72,10 +72,7 @@ def test_export_loads_strictly_and_matches_the_bodies(run, capsys):
 
 def test_evaluate_matches_a_direct_eval(run, capsys):
     run_dir, net, _, _, test_loader = run
-    correct = torch.zeros(net.num_modules, dtype=torch.long)
-    for batch in test_loader:
-        score_heads(net.local_modules, batch.x, batch.y, correct)
-    want = [c / test_loader.num_samples for c in correct.tolist()]
+    want = top1(net.local_modules, test_loader, test_loader.num_samples)
     assert evaluate_checkpoint(run_dir / "checkpoints") == pytest.approx(want)
     assert f"test top-1 {want[-1]:.4f} (final head)" in capsys.readouterr().out
 

@@ -9,11 +9,11 @@ from pipelocal.checkpoint import load_merged
 from pipelocal.data import build_loaders
 from pipelocal.optim import lr_for_step, set_lr
 from pipelocal.runtime import build_local_net
-from pipelocal.runtime.evaluation import score_heads
 from pipelocal.runtime.guidance import guide_for
 from pipelocal.schedules.sequential import train_step
 from tests.conftest import one_process, tiny_config
 from tests.distributed.launch import TINY, runs_fixture, torchrun
+from tests.reference.local import top1
 from tests.test_reference import PIPELINE_RUNS, PIPELINE_TOLERANCE, gap_from_reference
 
 
@@ -41,11 +41,7 @@ def evaluated_top1(run, overrides: list[str]) -> list[float]:
     _, test_loader, info = build_loaders(cfg.data, torch.device("cpu"), cfg.train.seed)
     net = build_local_net(cfg, info)
     net.load_state_dict(load_merged(run))
-    net.eval()
-    correct = torch.zeros(net.num_modules, dtype=torch.long)
-    for batch in test_loader:
-        score_heads(net.local_modules, batch.x, batch.y, correct)
-    return (correct / cfg.data.synthetic_test).tolist()
+    return top1(net.local_modules, test_loader, cfg.data.synthetic_test)
 
 
 CASES = [

@@ -140,3 +140,20 @@ class Reference:
         """The epoch's end: every late gradient still pending is applied, oldest first."""
         while self.pending:
             self.sgd(self.pending.pop(0)[1], lr)
+
+
+@torch.no_grad()
+def top1(modules, batches, samples: int) -> list[float | None]:
+    """Each module's test top-1, scored here: body forward in eval mode, the head's class scores, argmax against the
+    label, over ``samples`` (None for a head without class scores). The reference for evaluation counts; it shares
+    nothing with pipelocal.runtime.evaluation."""
+    for m in modules:
+        m.eval()
+    correct: list[int | None] = [0] * len(modules)
+    for batch in batches:
+        h = batch.x
+        for i, m in enumerate(modules):
+            h = m.body(h)
+            logits = m.head.logits(h) if m.head is not None else None
+            correct[i] = None if logits is None else correct[i] + int((logits.argmax(1) == batch.y).sum())
+    return [None if c is None else c / samples for c in correct]
