@@ -33,7 +33,11 @@ def hardware() -> str:
     except OSError:
         pass
     cores = len(__import__("os").sched_getaffinity(0))
-    return f"cpu-{cores}core-" + "".join(c if c.isalnum() else "-" for c in cpu).strip("-")[:40]
+    name = f"cpu-{cores}core-" + "".join(c if c.isalnum() else "-" for c in cpu).strip("-")[:40]
+    # Hosts that report one model name differ in vector units (an AVX2-only and an AVX-512 "AMD EPYC" both
+    # served this project): the folder names torch's CPU capability, so their figures never share a folder
+    capability = torch.backends.cpu.get_cpu_capability().lower()
+    return name if capability == "default" else f"{name}-{capability}"
 
 
 def results_dir(name: str, out: str | None = None) -> Path:

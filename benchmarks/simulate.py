@@ -152,6 +152,7 @@ def gantt(name: str, measured: str | None, out: str | None) -> None:
     job, at = job_of(name, data, run["steps_per_epoch"])
     res = simulate(job, lambda rows: at[rows], machine_of(data, run.get("others_cores", 0.0)))
     folder = Path(out) if out else path.parent
+    folder.mkdir(parents=True, exist_ok=True)
     png = draw_gantt(res.trace, folder / f"gantt-{name}.png", until_s=min(res.trace.makespan_s, 2.0))
     print(f"{name}: predicted {res.samples_per_s:.1f} samples/s, utilisation {[round(u, 2) for u in res.utilisation]}")
     print(png)
@@ -175,7 +176,9 @@ def main() -> None:
             lines.append(line)
 
         worst = validate(path, out)
-        (Path(args.out) if args.out else path.parent).joinpath("validation.txt").write_text("\n".join(lines) + "\n")
+        folder = Path(args.out) if args.out else path.parent
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "validation.txt").write_text("\n".join(lines) + "\n")
         sys.exit(0 if worst <= 0.15 else 1)
     if args.project or args.reread:
         project(args.out, reread=args.reread)

@@ -4,10 +4,11 @@ times) and the runs (samples/s), each with the load average it ran under.
     python benchmarks/simulate_measure.py [--steps 20] [--epochs 3] [--passes 3] [--only NAME ...]
 
 Each run also records the cores other tenants of the machine kept busy while it ran (/proc/stat's busy time
-less the run's own CPU time, over its wall time). Inputs are measured apart from the runs (profile_units, as
-``split.balance: time`` uses it, on the CPU clock; a gloo ping-pong), so the model is never fitted to the runs
-it predicts. Writes measured.json in the simulate results
-folder (benchmarks/results/<hardware>-<date>/simulate/).
+less the run's own CPU time, over its wall time). Inputs are measured apart from the runs (chained training
+steps per unit and head on the wall clock, beside profile_units as ``split.balance: time`` uses it; a gloo
+ping-pong and all-reduce; torch DDP's own cost; the co-run slowdown of processes computing at once, in rounds
+taken between the runs' passes), so the model is never fitted to the runs it predicts. Writes measured.json in
+the simulate results folder (benchmarks/results/<hardware>-<date>/simulate/).
 """
 
 from __future__ import annotations
@@ -139,7 +140,7 @@ def chained_step(subject: Subject) -> tuple[list, list, list]:
     for u, head in enumerate(heads[:-1]):
         if head is not None:
             start = time.perf_counter()
-            head(outs[u].detach(), data)["loss"].backward()
+            head(outs[u].detach().requires_grad_(True), data)["loss"].backward()  # with its input gradient
             head_s[u] = time.perf_counter() - start
     last = outs[-1].detach().requires_grad_(True)  # the classifier's head gives the chain its gradient
     start = time.perf_counter()
@@ -225,6 +226,54 @@ def extras(data: dict) -> None:
     data["optimizer_s_per_byte"] = optimizer_s_per_byte()
 
 
+def _corun_worker(name: str, steps: int, barrier, out) -> None:
+    """One of ``corun``'s processes: a profile's chained steps, started with the others at the barrier."""
+    host_memory.keep_freed_memory()
+    subject = Subject(*PROFILES[name])
+    torch.set_num_threads(subject.threads)
+    chained_step(subject)  # warm-up
+    barrier.wait()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        chained_step(subject)
+        times.append(time.perf_counter() - start)
+    out.put(statistics.median(times))
+
+
+def corun(rounds: int = 4, name: str = "greedy", steps: int = 6, samples: dict | None = None) -> dict:
+    """How processes that compute at once slow each other, beyond their share of the cores: the same profile's
+    chained steps (one thread each) in 1, 2, ... 2 x cores processes started together. slowdown[k - 1] is the
+    step time with k processes over the step time alone x max(1, k / cores) (the share a fair scheduler gives).
+    The profiles are taken alone, the runs are not: a pipeline's two stages compute at once on one memory bus.
+    ``samples`` (processes -> step times) adds to earlier rounds: the factor drifts by several percent from one
+    minute to the next on a shared host, so the runs' measurement takes rounds between its passes."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")  # a forked child of a process that ran OpenMP may hang
+    cores = len(os.sched_getaffinity(0))
+    counts = list(range(1, min(2 * cores, 16) + 1))
+    step_s = {k: list((samples or {}).get(str(k), [])) for k in counts}
+    for _ in range(rounds):
+        for k in counts:
+            barrier, out = ctx.Barrier(k), ctx.Queue()
+            procs = [ctx.Process(target=_corun_worker, args=(name, steps, barrier, out)) for _ in range(k)]
+            for proc in procs:
+                proc.start()
+            step_s[k] += [out.get() for _ in procs]
+            for proc in procs:
+                proc.join()
+    median = {k: statistics.median(v) for k, v in step_s.items()}
+    return {
+        "profile": name,
+        "processes": counts,
+        "step_s": [median[k] for k in counts],
+        "slowdown": [median[k] / (median[1] * max(1.0, k / cores)) for k in counts],
+        "samples": {str(k): v for k, v in step_s.items()},
+        "uptime": uptime(),
+    }
+
+
 def links() -> dict:
     """Gloo isend/irecv one-way time per size and a 2-rank all-reduce, measured by simulate_link.py."""
     cmd = pipelocal_command([], 2)[:-3] + [str(ROOT / "benchmarks" / "simulate_link.py")]
@@ -260,6 +309,8 @@ def measure_run(name: str, args, folder: Path, attempt: int = 0) -> dict:
         "command": " ".join(cmd[cmd.index("pipelocal.run") + 1 :]),
         "samples_per_s": summary.samples_per_s_median,
         "utilisation": [s.utilisation_median for s in summary.stages],
+        "compute_s_per_step": [s.compute_s_per_step_median for s in summary.stages],
+        "module_units": summary.module_units,  # the split the run chose (balance: time profiles at its start)
         "steps_per_epoch": args.steps,
         "epochs": args.epochs,
         "uptime_before": before,
@@ -284,6 +335,7 @@ def main() -> None:
     data = json.loads(path.read_text()) if path.exists() else {"runs": {}}
     if args.extras:
         extras(data)
+        data["corun"] = corun()
         path.write_text(json.dumps(data, indent=1))
         return
     if args.runs_only:
@@ -307,7 +359,10 @@ def measure_runs(data: dict, args, folder: Path, path: Path) -> None:
     """Every run ``args.passes`` times, one pass over the set after another (so a slow minute of the host falls
     on one pass of each run, not on every pass of one); a run's figure is the median of its passes."""
     passes = {name: [] for name in args.only}
+    data.pop("corun", None)  # measured anew, in rounds between this measurement's passes
     for p in range(args.passes):
+        # the co-run slowdown drifts with the host's minute: its rounds are spread over the runs' window too
+        data["corun"] = corun(2, samples=data.get("corun", {}).get("samples"))
         for name in args.only:
             passes[name].append(measure_run(name, args, folder, p))
             print(p, name, passes[name][-1]["samples_per_s"], passes[name][-1]["uptime_before"], flush=True)

@@ -2,8 +2,8 @@
 
 measured.json (simulate_measure.py) holds the inputs (per-unit costs from the profiler ``split.balance: time``
 uses, gloo link and all-reduce times, the optimizer's cost) and the runs. The module split of each run is
-recomputed the way the run chose it (``balanced_ranges`` on the profile); the cores are the machine's, less
-what other tenants kept busy during that run.
+the one the run recorded (its start-up profile chose it; ``balanced_ranges`` on this profile where a run
+did not record it); the cores are the machine's, less what other tenants kept busy during that run.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def latest_measured() -> Path:
-    found = sorted(RESULTS.glob("*/simulate/measured.json"), key=lambda p: p.parent.parent.name[-10:])
+    # newest by the time measuring began (two hosts may measure on one day)
+    found = sorted(RESULTS.glob("*/simulate/measured.json"), key=lambda p: json.loads(p.read_text())["date"])
     if not found:
         raise SystemExit("no measured runs: run python benchmarks/simulate_measure.py first")
     return found[-1]
@@ -62,10 +63,12 @@ def machine_of(data: dict, others_cores: float = 0.0) -> Machine:
         bandwidth=bandwidth,
         reduce_latency_s=reduce_latency,
         reduce_bandwidth=reduce_bandwidth,
+        corun=tuple(data["corun"]["slowdown"]) if "corun" in data else (1.0,),
     )
 
 
-def ranges_of(prof: dict, k: int) -> list[tuple[int, int]]:
+def balanced(prof: dict, k: int) -> list[tuple[int, int]]:
+    """The split balance: time would choose on ``prof``."""
     return [tuple(r) for r in balanced_ranges(prof["unit_s"], prof["head_s"], k)]
 
 
@@ -73,6 +76,11 @@ def job_of(name: str, data: dict, steps: int) -> tuple[Job, dict[int, Units]]:
     """The job a measured run ran and its costs per batch size (rows -> Units)."""
     p, opt = data["profiles"], data.get("optimizer_s_per_byte", 0.0)
     at = {}
+    chosen = data["runs"].get(name, {}).get("module_units")
+
+    def ranges_of(prof: dict, k: int) -> list[tuple[int, int]]:
+        # the split the run chose at its start, where recorded (its own profile, not this one, picked it)
+        return [tuple(r) for r in chosen] if chosen and len(chosen) == k else balanced(prof, k)
 
     def use(*names):
         for n in names:

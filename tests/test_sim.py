@@ -88,6 +88,32 @@ def test_oversubscribed_cores_share_time():
     assert shared == pytest.approx(2 * alone)  # 4 processes on 2 cores: each at half speed
 
 
+def test_co_running_processes_slow_each_other_by_the_measured_factor_and_not_alone():
+    u = units(n=1, f=1.0, b=1.0, h=0.0, params=0.0)
+    machine = Machine(cores=2, corun=(1.0, 1.25, 1.3, 1.5))
+    for replicas, expected in ((1, 3 * 2.0), (2, 3 * 2.0 * 1.25), (4, 3 * 2.0 * 2 * 1.5)):
+        job = Job("ddp", [(0, 1)], [[0]], replicas=replicas, steps=3)
+        assert simulate(job, lambda rows: u, machine).trace.makespan_s == pytest.approx(expected)
+    # a 2-thread process alone was profiled on its 2 threads: no slowdown of its own
+    two = units(n=1, f=1.0, b=1.0, h=0.0, params=0.0, threads=2)
+    job = Job("ddp", [(0, 1)], [[0]], replicas=1, steps=3)
+    assert simulate(job, lambda rows: two, machine).trace.makespan_s == pytest.approx(3 * 2.0)
+    # on GPUs (no shared cores) nothing co-runs; between measured counts the factor is linear, past them flat
+    assert Machine(cores=None, corun=(1.0, 2.0)).corun_slowdown(2) == 1.0
+    assert machine.corun_slowdown(2.5) == pytest.approx(1.275)
+    assert machine.corun_slowdown(9) == 1.5
+
+
+def test_a_stage_slows_only_while_the_other_computes():
+    # stage 0: forward 1, head 0, backward 2 per step; stage 1 the same, after its input; co-run factor 2
+    u = units(n=2, f=1.0, b=2.0, h=0.0, params=0.0, out=0.0)
+    machine = Machine(cores=2, corun=(1.0, 2.0))
+    res = simulate(Job("local", [(0, 1), (1, 2)], [[0], [1]], steps=1), lambda rows: u, machine)
+    # stage 0's forward runs alone (1 s); then both compute at half speed until stage 0's backward ends
+    # (2 s of work: 4 s), stage 1 has done 2 s of its 3: the last 1 s alone
+    assert res.trace.makespan_s == pytest.approx(1 + 4 + 1)
+
+
 def test_sync_guidance_every_step_serialises_the_stages():
     u = units(n=2, f=1.0, b=2.0, h=0.5)
     job = Job("local", [(0, 1), (1, 2)], [[0], [1]], steps=10, guide_every=1)

@@ -3,9 +3,11 @@
 Each process is a generator of ops (:func:`compute`, :func:`send`, :func:`recv`, :func:`poll`, :func:`reduce`,
 :func:`wait`, :func:`done`). Computing processes share ``cores`` by processor sharing: while the threads that
 compute add up to more than the cores, each runs at cores / demand of its speed (an oversubscribed CPU; None:
-every process has its own device). A send is asynchronous but holds one of ``queue_depth`` slots of its
-directed link until the receiver takes the message (pipelocal pre-posts that many receives); transfers on a
-link go one after another, each ``latency + bytes / bandwidth``. A collective starts when every member has
+every process has its own device). Processes that compute at once on shared cores also slow each other beyond
+that share (one memory bus and L3): ``corun`` gives the measured factor per demand. A send is asynchronous
+but holds one of ``queue_depth`` slots of its directed link until the receiver takes the message (pipelocal
+pre-posts that many receives); transfers on a link go one after another, each ``latency + bytes / bandwidth``.
+A collective starts when every member has
 reached it and its group is free (ring all-reduce: 2(n - 1)/n bytes per member over the bandwidth).
 """
 
@@ -26,6 +28,18 @@ class Machine:
     reduce_latency_s: float = 0.0  # per collective
     reduce_bandwidth: float = float("inf")  # bus bandwidth of a ring all-reduce
     host_overhead_s: float = 0.0  # the sender's own time per message (encode, post)
+    # Slowdown of a computing thread when 1, 2, ... threads compute on the cores at once, beyond the share of the
+    # cores it gets (1.0 first; measured, see simulate_measure.corun); the last value holds for more threads
+    corun: tuple[float, ...] = (1.0,)
+
+    def corun_slowdown(self, demand: float) -> float:
+        """The co-run factor at ``demand`` computing threads, linear between the measured counts."""
+        if self.cores is None or demand <= 1:
+            return 1.0
+        i = int(demand) - 1
+        if i + 1 >= len(self.corun):
+            return self.corun[-1]
+        return self.corun[i] + (demand - 1 - i) * (self.corun[i + 1] - self.corun[i])
 
     def ring_allreduce_s(self, nbytes: float, n: int) -> float:
         """A ring all-reduce of ``nbytes`` over ``n`` members: 2(n - 1)/n x bytes over the bus bandwidth."""
@@ -131,15 +145,15 @@ class Engine:
             if all(p.state == "done" for p in self.procs):
                 break
             computing = [p for p in self.procs if p.state == "compute"]
-            rate = self._rate(computing)
-            t = min((self.now + p.remaining / rate for p in computing), default=float("inf"))
+            rates = self._rates(computing)
+            t = min((self.now + p.remaining / r for p, r in zip(computing, rates)), default=float("inf"))
             if self.events:
                 t = min(t, self.events[0][0])
             if t == float("inf") or t > limit_s:
                 stuck = [(i, p.op) for i, p in enumerate(self.procs) if p.state == "blocked"]
                 raise RuntimeError(f"schedule deadlocked at {self.now:.6f} s: {stuck}")
-            for p in computing:
-                p.remaining -= (t - self.now) * rate
+            for p, r in zip(computing, rates):
+                p.remaining -= (t - self.now) * r
             self.now = t
             for p in computing:
                 if p.remaining <= 1e-12:
@@ -153,9 +167,15 @@ class Engine:
         rows = sum(r for _, r in self.finished)
         return Trace(self.now, rows, self.procs, self.bytes, self.messages, self.finished)
 
-    def _rate(self, computing: list[Proc]) -> float:
+    def _rates(self, computing: list[Proc]) -> list[float]:
+        """Each computing process's speed: its share of the cores, over the co-run slowdown of everything that
+        computes now relative to its own threads alone (its costs were profiled with its own threads)."""
+        if self.m.cores is None:
+            return [1.0] * len(computing)
         demand = sum(p.threads for p in computing)
-        return 1.0 if self.m.cores is None or demand <= self.m.cores else self.m.cores / demand
+        share = 1.0 if demand <= self.m.cores else self.m.cores / demand
+        slow = self.m.corun_slowdown(demand)
+        return [share * self.m.corun_slowdown(p.threads) / slow for p in computing]
 
     def _push(self, t: float, kind: str, key) -> None:
         self.seq += 1
