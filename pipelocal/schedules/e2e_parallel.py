@@ -45,6 +45,10 @@ class Lockstep(StrategyBase):
         super().__init__(stage, plan, rank, loaders)
         self.rank, self.control = rank, control
         self.recv_clock = WaitClock(stage.device, on_stream=stage.device.type == "cuda")
+        # A rank that ends its step first waits at the agreement for the rest (a GPipe/1F1B last stage for the
+        # first stage's last backward). On a CPU that is idle time; on a GPU the host's wait overlaps the work
+        # it queued, so it is not counted there.
+        self.agree_clock = WaitClock(stage.device) if stage.device.type == "cpu" else None
 
     def _step(self, t: int, stats) -> StepResult:
         batch = next(self._batches) if self._batches is not None else None
@@ -66,12 +70,14 @@ class Lockstep(StrategyBase):
 
     def _agree(self, flag: int) -> int:
         box = torch.tensor([flag])
-        dist.all_reduce(box, op=dist.ReduceOp.MAX, group=self.control)
+        with self.agree_clock.measure() if self.agree_clock else nullcontext():
+            dist.all_reduce(box, op=dist.ReduceOp.MAX, group=self.control)
         return int(box)
 
     def waits(self) -> tuple[float, float]:
-        """Receives and sends are waited on together in a pipelining schedule: their sum reads as receiving."""
-        return self.recv_clock.seconds, 0.0
+        """Receives and sends are waited on together in a pipelining schedule, and the step's agreement waits on
+        the other ranks: their sum reads as receiving."""
+        return self.recv_clock.seconds + (self.agree_clock.seconds if self.agree_clock else 0.0), 0.0
 
 
 class DDPLoop(Lockstep):

@@ -2,6 +2,7 @@
 single-process backprop after N steps (so every step's gradient was the same), on gloo/CPU."""
 
 import json
+import time
 
 import pytest
 import torch
@@ -85,3 +86,24 @@ def test_baselines_measure_their_waits(runs_p4, mode):
     key = "dp_wait_frac_median" if mode == "ddp" else "recv_wait_frac_median"
     assert all(s[key] > 0 for s in stages), [s[key] for s in stages]
     assert all(s["utilisation_median"] < 1 for s in stages)
+
+
+@pytest.mark.parametrize("device, counted", [("cpu", True), ("cuda", False)])
+def test_the_step_agreement_is_a_wait_on_a_cpu(monkeypatch, device, counted):
+    """A GPipe/1F1B last stage ends its step before the first stage's last backward and waits for it at the
+    step's agreement. That was read as compute (the last stage looked 20 % busier than its forwards and
+    backwards on this host's 1F1B runs). On a GPU the host's wait overlaps queued work: not counted there."""
+    from types import SimpleNamespace
+
+    from pipelocal.schedules import e2e_parallel
+
+    def late_peer(box, op, group):
+        time.sleep(0.05)
+        box.fill_(1)
+
+    monkeypatch.setattr(e2e_parallel.dist, "all_reduce", late_peer)
+    lock = e2e_parallel.Lockstep(SimpleNamespace(device=torch.device(device)), None, 0, None, control=None)
+    assert lock.decide_halt(lock._agree) is True  # the peers' flag, taken from the all-reduce
+    recv, send = lock.waits()
+    assert (0.05 <= recv < 1.0) if counted else recv == 0.0
+    assert send == 0.0
