@@ -134,6 +134,7 @@ class ModeTraits:
     end_to_end: bool  # plain backprop: method e2e, no guidance
     one_module: bool = False  # the whole net is one module in every process (e2e, ddp)
     data_parallel: bool = False  # every process a replica of the whole net (the topology's dp = world size)
+    microbatched: bool = False  # a stage runs the batch as pipeline.microbatches microbatches (GPipe, 1F1B)
     check: Callable[[Any], None] | None = None  # the mode's own rules on the job config (raises ConfigError)
 
 

@@ -1,7 +1,9 @@
 """Profile every unit with the aux head it would carry, on the real device, for ``split.balance: time|memory``.
 
 For unit u, "its head" is the method's head as if a module ended after u (the classifier for the last
-unit). Time is forward + local loss + backward at the training batch size: the median over ``ROUNDS``
+unit). Time is forward + local loss + backward at the rows a stage runs at once (``stage_rows``: the batch, a
+replica's share of it, one microbatch for GPipe and 1F1B, whose per-unit costs scale differently with the
+rows than the whole batch's do): the median over ``ROUNDS``
 rounds of each round's median of ``REPEATS`` (a round profiles every unit once, so a burst of load on the
 machine touches one round, not one unit's figure); memory is the peak bytes saved for backward. AugLocal-
 style heads are costly: that is why they count.
@@ -52,7 +54,7 @@ def profile_units(
     numerics = Numerics.of(cfg, device)  # profiled as trained: the same dtype and memory format
     backbone = numerics.prepare(backbone_for(cfg, data).to(device))
     n, k = backbone.num_units, cfg.split.num_modules
-    rows = cfg.data.batch_size
+    rows = stage_rows(cfg)
     raw = torch.rand(rows, *data.input_shape, device=device)
     batch = Batch(raw, torch.randint(0, data.num_classes, (rows,), device=device), raw)
     prof = UnitProfile([], [], [], [])
@@ -66,6 +68,13 @@ def profile_units(
         prof.head_s.append(t_head)
         prof.head_bytes.append(b_head)
     return prof
+
+
+def stage_rows(cfg: JobConfig) -> int:
+    """The rows a stage's forward and backward take at once: a replica's share of the batch (the first
+    replicas take one more where it does not divide), and one microbatch of it for GPipe and 1F1B."""
+    rows = -(-cfg.data.batch_size // cfg.pipeline.replicas)
+    return rows // cfg.pipeline.microbatches if mode_traits(cfg.mode).microbatched else rows
 
 
 def _head_at(cfg: JobConfig, data: DataInfo, backbone, unit: int, num_modules: int):
@@ -168,7 +177,8 @@ def _profiled(cfg: JobConfig, data: DataInfo, device: torch.device, num_units: i
     uniform = module_ranges(replace(cfg.split, balance="uniform"), num_units, cfg.model.depth, positions, cfg.data.name)
     uniform_costs = [round(c * scale, 1) for c in module_costs(uniform, unit_cost, head_cost)]
     return ranges, (
-        f"split (balance={cfg.split.balance}, profiled on {device}): {ranges}, predicted per-module {unit} "
+        f"split (balance={cfg.split.balance}, profiled on {device} at {stage_rows(cfg)} rows): {ranges}, "
+        f"predicted per-module {unit} "
         f"{costs} (uniform {uniform} would be {uniform_costs})"
     )
 
@@ -182,6 +192,7 @@ def split_key(cfg: JobConfig, data: DataInfo, device: torch.device, stages: int)
         "K": cfg.split.num_modules,
         "P": stages,
         "batch": cfg.data.batch_size,
+        "rows": stage_rows(cfg),  # what was profiled: the batch, a replica's share, a microbatch
         "input": list(data.input_shape),
         "numerics": [t.precision, t.channels_last, t.compile],
         "device": device_kind(device),

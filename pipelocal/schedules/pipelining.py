@@ -182,6 +182,6 @@ def _check_pipelining(cfg) -> None:
         )
 
 
-PIPELINING = ModeTraits(multi_process=True, end_to_end=True, check=_check_pipelining)
+PIPELINING = ModeTraits(multi_process=True, end_to_end=True, microbatched=True, check=_check_pipelining)
 MODES.register("gpipe")(Mode(_pipelining_builder("ScheduleGPipe"), PIPELINING))
 MODES.register("1f1b")(Mode(_pipelining_builder("Schedule1F1B"), PIPELINING))
