@@ -66,7 +66,7 @@ ASSUMPTIONS = [
         "the seed's [5, 0.75, 0, 0] leaves modules lossless",
     ),
     ("greedy on ResNet-110", "the DGL seed's config with method.name = greedy", "no greedy seed for ResNet-110"),
-    ("steady state", "samples/s over the second half of 20+ steps", "this simulator"),
+    ("steady state", "samples/s over the second half of 20+ steps, before the drain", "this simulator"),
 ]
 
 

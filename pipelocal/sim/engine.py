@@ -110,12 +110,17 @@ class Trace:
 
     @property
     def steady_samples_per_s(self) -> float:
-        """Rows finished after the middle of the run over the time they took: the rate once the pipeline is
-        full (replicas that finish together count once at the boundary, not twice)."""
+        """Rows finished after the middle of the run, until the first process has done all its work, over the
+        time they took: the rate once the pipeline is full and while every process still works (replicas that
+        finish together count once at the boundary, not twice). The drain after it is left out: on shared
+        cores the processes still working get the freed cores and finish faster than any steady state."""
         if not self.finished:
             return 0.0
-        mid, end = self.finished[len(self.finished) // 2][0], self.finished[-1][0]
-        rows = sum(r for t, r in self.finished if t > mid)
+        mid = self.finished[len(self.finished) // 2][0]
+        first_done = min((p.spans[-1][2] for p in self.procs if p.spans), default=self.finished[-1][0])
+        ends = [t for t, _ in self.finished if mid < t <= first_done]
+        end = ends[-1] if ends else self.finished[-1][0]
+        rows = sum(r for t, r in self.finished if mid < t <= end)
         return rows / (end - mid) if end > mid else self.samples_per_s
 
 
