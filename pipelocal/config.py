@@ -239,11 +239,12 @@ class PipelineConfig:
     )
     max_reuse: int | None = option(None, "replay: most times one batch is trained on (None: no cap)")
     slowdown: SlowdownConfig = field(default_factory=SlowdownConfig)
-    replicas: int = option(
+    replicas: int | str = option(
         1,
         "R, data-parallel replicas of the pipeline: torchrun starts P x R processes, each replica a full P-stage "
         "pipeline training its shard of every batch; a stage's replicas average gradients "
-        "(docs/scale-out.md#the-p-x-r-mesh)",
+        "(docs/scale-out.md#the-p-x-r-mesh); auto: the layout of the started processes that simulates fastest "
+        "on this device's profile (docs/simulator.md#choosing-p-x-r-at-start-up)",
     )
     sync_batchnorm: bool = option(
         False, "BatchNorm statistics over the whole batch, all-reduced across a stage's replicas (R = 1: no effect)"

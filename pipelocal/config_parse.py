@@ -126,7 +126,12 @@ def _cast(value: Any, hint: Any, key: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _cast(value, inner[0], key)
+        for hint_i in inner[:-1]:  # int | str: the first type that takes the value (2 stays a number)
+            try:
+                return _cast(value, hint_i, key)
+            except ConfigError:
+                pass
+        return _cast(value, inner[-1], key)
     if origin is list:
         if not isinstance(value, list | tuple):
             raise ConfigError(f"'{key}' needs a list, got {value!r}")

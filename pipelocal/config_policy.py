@@ -110,6 +110,15 @@ def _check_guidance(g: GuidanceConfig) -> None:
 def _check_replicas(cfg: JobConfig) -> None:
     """``pipeline.replicas``: what data parallelism of a local pipeline can serve."""
     replicas = cfg.pipeline.replicas
+    if replicas == "auto":
+        if cfg.mode != "pipeline":
+            raise ConfigError(
+                f"pipeline.replicas=auto chooses the P x R layout of a local pipeline (mode=pipeline), not of "
+                f"mode={cfg.mode}: set mode=pipeline, or leave pipeline.replicas at 1"
+            )
+        return
+    if isinstance(replicas, str):
+        raise ConfigError(f"pipeline.replicas={replicas!r} must be a number of replicas (1, 2, ...) or auto")
     if replicas < 1:
         raise ConfigError(f"pipeline.replicas={replicas} must be at least 1")
     if replicas == 1:

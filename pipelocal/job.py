@@ -1,9 +1,10 @@
 """One job's lifecycle, the same in every mode: start-up, the shared set-up, build, train, save, teardown.
 
-Start-up: a multi-process mode joins the job torchrun started (distributed/setup.py), a one-process mode
-gets a one-stage topology. Set-up (collectives, before any data moves): rank 0 reads the dataset, names
-the run directory and chooses the split (profiling, when asked), and every rank learns the numbers it
-needs. Then the mode's registered builder (``schedules.MODES``) builds this rank's step strategy, every
+Start-up: a multi-process mode joins the job torchrun started (distributed/setup.py; with
+``pipeline.replicas: auto``, rank 0 first chooses R, sim/mesh.py), a one-process mode gets a one-stage
+topology. Set-up (collectives, before any data moves): rank 0 reads the dataset, names the run directory
+and chooses the split (profiling, when asked), and every rank learns the numbers it needs. Then the
+mode's registered builder (``schedules.MODES``) builds this rank's step strategy, every
 rank from the same seed, and the one trainer (trainer.py) runs it.
 """
 
@@ -36,6 +37,7 @@ from pipelocal.runtime import determinism, host_memory
 from pipelocal.runtime.profile import split_for
 from pipelocal.runtime.watchdog import Watchdog
 from pipelocal.schedules import MODES, Mode
+from pipelocal.sim.mesh import AutoReplicas
 from pipelocal.trainer import Trainer
 
 
@@ -43,9 +45,12 @@ def run_job(cfg: JobConfig) -> RunSummary | None:
     """Run this rank's part to the end; rank 0 returns the summary, the others None. A preemption raises
     :class:`Preempted` once every stage has written its part of the checkpoint."""
     mode: Mode = MODES.get(cfg.mode)
-    topo, groups = start(cfg, mode)
+    auto = AutoReplicas(cfg) if cfg.pipeline.replicas == "auto" else None
+    topo, groups = start(cfg, mode, auto)
+    if auto is not None:
+        cfg = auto.resolved(cfg, topo.dp)
     console = Console(cfg.metrics.console if topo.is_coordinator else "none")
-    setup, loaders = prepare(cfg, topo, groups, console)
+    setup, loaders = prepare(cfg, topo, groups, console, auto)
     run_dir = Path(setup["run_dir"])
     strategy = mode.build(cfg, topo, groups, setup, loaders)
     control, stats = (groups.control, groups.stats) if groups is not None else (None, None)
@@ -125,15 +130,16 @@ def write_timeline(topo: Topology, groups, console: Console, run_dir: Path) -> N
     )
 
 
-def start(cfg: JobConfig, mode: Mode):
-    """The topology (and process groups) of this process; threads and determinism as configured."""
+def start(cfg: JobConfig, mode: Mode, auto: AutoReplicas | None = None):
+    """The topology (and process groups) of this process; threads and determinism as configured. ``auto``:
+    chooses R at start-up (``pipeline.replicas: auto``)."""
     if cfg.train.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before CUDA starts (runtime/determinism.py)
     if mode.traits.multi_process:
         topo, groups = init_distributed(
             cfg.pipeline.timeout_s,
             data_parallel=mode.traits.data_parallel,
-            replicas=cfg.pipeline.replicas,
+            replicas=auto or cfg.pipeline.replicas,
             backend=cfg.distributed.backend,
             device=cfg.train.device,
             channels=frozenset() if mode.traits.end_to_end else stage_channels(cfg),
@@ -170,12 +176,13 @@ def stage_channels(cfg: JobConfig) -> frozenset[str]:
     return frozenset(channels)
 
 
-def prepare(cfg: JobConfig, topo: Topology, groups, console: Console):
-    """Rank 0 reads the data, makes (or finds) the run directory and chooses the split (a resumed run: its
-    checkpoint's); every rank gets the numbers."""
+def prepare(cfg: JobConfig, topo: Topology, groups, console: Console, auto: AutoReplicas | None = None):
+    """Rank 0 reads the data (``auto`` read it already), makes (or finds) the run directory and chooses the split
+    (a resumed run: its checkpoint's); every rank gets the numbers."""
     loaders, setup = None, {}
     if topo.is_coordinator:
-        train_loader, test_loader, info = build_loaders(cfg.data, topo.device, cfg.train.seed)
+        loaded = auto.loaded if auto is not None else None
+        train_loader, test_loader, info = loaded or build_loaders(cfg.data, topo.device, cfg.train.seed)
         loaders = (train_loader, test_loader)
         if cfg.data.batch_size > train_loader.num_samples:
             raise ConfigError(
@@ -183,6 +190,9 @@ def prepare(cfg: JobConfig, topo: Topology, groups, console: Console):
                 "samples; a batch cannot exceed the data: lower data.batch_size (or raise data.train_subset)"
             )
         run_dir, resume = locate_run(cfg, console.print)
+        if auto is not None:
+            console.print(auto.plan.line)
+            auto.plan.record(run_dir)
         checkpoint.clear_partial(run_dir / "checkpoints")
         meta = checkpoint.read_meta(resume) if resume else None
         if meta is not None:
@@ -192,7 +202,8 @@ def prepare(cfg: JobConfig, topo: Topology, groups, console: Console):
             console.print(f"resuming from {resume} (step {meta['step']}, epoch {meta['epoch'] + 1})")
         else:
             # profiled once, here, so every rank agrees
-            ranges, split_line = split_for(cfg, info, topo.device, topo.num_stages, run_dir)
+            profiled = auto.plan.profile if auto is not None else None  # at the rows this layout runs
+            ranges, split_line = split_for(cfg, info, topo.device, topo.num_stages, run_dir, profiled)
             console.print(split_line)
         dump_yaml(cfg, run_dir / "config.yaml")
         console.print(record_data(cfg, info, train_loader.num_samples, test_loader.num_samples, run_dir))

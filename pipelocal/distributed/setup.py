@@ -31,7 +31,9 @@ every NCCL communicator the job uses exists, so no later operation can block cre
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -121,14 +123,15 @@ def launched_by_torchrun() -> bool:
 def init_distributed(
     timeout_s: float,
     data_parallel: bool = False,
-    replicas: int = 1,
+    replicas: int | Callable[[int, torch.device, str], int] = 1,
     backend: str = "auto",
     device: str = "auto",
     channels: frozenset[str] = frozenset(),
 ) -> tuple[Topology, Groups]:
     """Join the job torchrun started; fail at start-up (not at the first send) when the setup is wrong.
     ``data_parallel``: every process is a replica of the whole net (ddp), not a pipeline stage; ``replicas``:
-    R copies of a P-stage pipeline, P = world size / R, on a ``(pp, dp)`` device mesh; ``channels``: the kinds
+    R copies of a P-stage pipeline, P = world size / R, on a ``(pp, dp)`` device mesh (a function of the world
+    size, device and backend: rank 0 calls it, every rank gets its answer, ``agree_at_start``); ``channels``: the kinds
     of stage-to-stage link to set up and warm (startup.CHANNELS; none for the baselines)."""
     if not launched_by_torchrun():
         raise ConfigError(
@@ -144,6 +147,8 @@ def init_distributed(
     store = job_store(rank, world, timeout)
     if where.device.type == "cuda":
         torch.cuda.set_device(where.device)
+    if callable(replicas):
+        replicas = agree_at_start(store, rank, lambda: replicas(world, where.device, where.backend))
     # NCCL: device_id makes the communicator eager (a bad setup fails here), and every group made after it is
     # split from it at once (distributed_c10d._new_process_group_helper), so new_group is collective on NCCL.
     device_id = where.device if where.backend == "nccl" else None
@@ -195,6 +200,27 @@ def host_group(ranks: list[int] | None, timeout: timedelta) -> dist.ProcessGroup
         return dist.new_group(ranks, backend="gloo", timeout=timeout)
     finally:
         default.bound_device_id = bound
+
+
+_decisions = itertools.count()  # one key per call: every rank makes the same calls (runs in one job, tests)
+
+
+def agree_at_start(store: dist.Store, rank: int, decide: Callable[[], int]) -> int:
+    """Rank 0's ``decide()``, for every rank, before any process group exists (through torchrun's store). If it
+    raises, the other ranks raise too, naming it, instead of waiting out the store's timeout."""
+    key = f"start/decided/{next(_decisions)}"
+    if rank == 0:
+        try:
+            value = decide()
+        except BaseException as err:
+            store.set(key, f"error: rank 0 failed deciding at start-up ({type(err).__name__}: {err})")
+            raise
+        store.set(key, str(value))
+        return value
+    answer = store.get(key).decode()
+    if answer.startswith("error: "):
+        raise RuntimeError(answer.removeprefix("error: "))
+    return int(answer)
 
 
 def job_store(rank: int, world: int, timeout: timedelta) -> dist.Store:

@@ -42,10 +42,12 @@ TIE = 0.05  # splits whose slowest module is within 5 % of the best one's are ti
 
 @dataclass
 class UnitProfile:
-    unit_s: list[float]
-    head_s: list[float]
-    unit_bytes: list[float]
+    unit_s: list[float]  # forward + backward
+    head_s: list[float]  # the head's forward + backward, with its input gradient
+    unit_bytes: list[float]  # saved for backward
     head_bytes: list[float]
+    forward_s: list[float]  # the unit's forward alone (part of unit_s), for the schedule simulator
+    head_param_bytes: list[float]
 
 
 def profile_units(
@@ -57,12 +59,14 @@ def profile_units(
     rows = stage_rows(cfg)
     raw = torch.rand(rows, *data.input_shape, device=device)
     batch = Batch(raw, torch.randint(0, data.num_classes, (rows,), device=device), raw)
-    prof = UnitProfile([], [], [], [])
+    prof = UnitProfile([], [], [], [], [], [])
     x = numerics.layout(batch.x)
     for u, unit in enumerate(backbone.units):
         head = CrossEntropyHead(backbone.classifier) if u == n - 1 else _head_at(cfg, data, backbone, u, k)
         head = numerics.prepare(head.to(device)) if head is not None else None
-        t_unit, b_unit, t_head, b_head, x = _measure(unit, head, x, batch, device, repeats, numerics, warmup)
+        t_unit, b_unit, t_head, b_head, t_fwd, x = _measure(unit, head, x, batch, device, repeats, numerics, warmup)
+        prof.forward_s.append(t_fwd)
+        prof.head_param_bytes.append(float(sum(p.numel() * p.element_size() for p in head.parameters())) if head else 0)
         prof.unit_s.append(t_unit)
         prof.unit_bytes.append(b_unit)
         prof.head_s.append(t_head)
@@ -100,15 +104,17 @@ def _head_at(cfg: JobConfig, data: DataInfo, backbone, unit: int, num_modules: i
 
 
 def _measure(unit, head, x, batch, device, repeats, numerics, warmup):
-    """(unit seconds, unit bytes, head seconds, head bytes, unit output) for one unit and its head."""
+    """(unit seconds, unit bytes, head seconds, head bytes, forward seconds, unit output) for one unit and its
+    head; the forward is timed inside the unit's forward + backward (on CUDA, one more sync between them)."""
     meter = SavedTensorMeter(list(unit.parameters()) + (list(head.parameters()) if head else []))
-    unit_times, head_times = [], []
+    unit_times, head_times, forward_times = [], [], []
     for i in range(repeats + warmup):  # warm-up passes first
         xi = x.detach().requires_grad_(True)
         start = _now(device)
         meter.reset_peak()
         with meter.hooks(), numerics.autocast():
             h = numerics.boundary(unit(xi))
+        forward = _now(device)
         h.float().sum().backward()
         mid = _now(device)
         unit_bytes = meter.peak
@@ -125,7 +131,9 @@ def _measure(unit, head, x, batch, device, repeats, numerics, warmup):
         if i >= warmup:
             unit_times.append(mid - start)
             head_times.append(end - mid)
-    return statistics.median(unit_times), unit_bytes, statistics.median(head_times), head_bytes, h.detach()
+            forward_times.append(forward - start)
+    med = statistics.median
+    return med(unit_times), unit_bytes, med(head_times), head_bytes, med(forward_times), h.detach()
 
 
 def _now(device: torch.device) -> float:
@@ -144,35 +152,53 @@ def profile_rounds(cfg: JobConfig, data: DataInfo, device: torch.device, rounds:
 
 
 def plan_split(
-    cfg: JobConfig, data: DataInfo, device: torch.device, num_units: int, positions, stages: int = 1, run_dir=None
+    cfg: JobConfig,
+    data: DataInfo,
+    device: torch.device,
+    num_units: int,
+    positions,
+    stages: int = 1,
+    run_dir=None,
+    prof: UnitProfile | None = None,
 ) -> tuple[list, str]:
-    """The module ranges the config asks for, and a line describing the choice (with predicted costs)."""
+    """The module ranges the config asks for, and a line describing the choice (with predicted costs).
+    ``prof``: a time profile already taken at ``stage_rows(cfg)`` (the mesh planner's), used instead of another."""
     if cfg.split.boundaries is not None or cfg.split.balance in ("uniform", "table"):
         ranges = module_ranges(cfg.split, num_units, cfg.model.depth, positions, cfg.data.name)
         return ranges, f"split ({cfg.split.balance if cfg.split.boundaries is None else 'boundaries'}): {ranges}"
     key = split_key(cfg, data, device, stages)
     cached = find_cached(Path(cfg.metrics.out_dir), key) if cfg.split.balance == "time" else None
     if cached is not None:
-        ranges, where = cached
+        ranges, where = [tuple(r) for r in cached[0]], cached[1]
         line = f"split (balance=time, as profiled for {where.parent.name}, same model, K, P and {key['device']}): "
     else:
-        ranges, line = _profiled(cfg, data, device, num_units, positions)
+        ranges, line = _profiled(cfg, data, device, num_units, positions, prof)
     if run_dir is not None:
         record = {"key": key, "ranges": ranges, "boundaries": boundaries_of(ranges)}
         (Path(run_dir) / "split.json").write_text(json.dumps(record, indent=1))
     return ranges, f"{line}{ranges if cached else ''} (--split.boundaries={boundaries_of(ranges)} reproduces it)"
 
 
-def _profiled(cfg: JobConfig, data: DataInfo, device: torch.device, num_units: int, positions) -> tuple[list, str]:
-    prof = profile_rounds(cfg, data, device) if cfg.split.balance == "time" else profile_units(cfg, data, device)
+def profiled_ranges(cfg: JobConfig, prof: UnitProfile, num_units: int, positions, data: DataInfo) -> list:
+    """The split ``cfg`` asks for, on ``prof`` where it balances by profile: time (ties snapped to the split
+    nearest the uniform one) or memory; the fixed splits (boundaries, uniform, table) ignore ``prof``."""
+    if cfg.split.boundaries is not None or cfg.split.balance in ("uniform", "table"):
+        return module_ranges(cfg.split, num_units, cfg.model.depth, positions, cfg.data.name)
     if cfg.split.balance == "time":
-        unit_cost, head_cost, unit = prof.unit_s, prof.head_s, "ms"
-        scale = 1e3
-        ranges = snapped_ranges(unit_cost, head_cost, cfg.split.num_modules, TIE)
+        return snapped_ranges(prof.unit_s, prof.head_s, cfg.split.num_modules, TIE)
+    return balanced_ranges(prof.unit_bytes, prof.head_bytes, cfg.split.num_modules)
+
+
+def _profiled(
+    cfg: JobConfig, data: DataInfo, device: torch.device, num_units: int, positions, prof: UnitProfile | None = None
+) -> tuple[list, str]:
+    if prof is None:
+        prof = profile_rounds(cfg, data, device) if cfg.split.balance == "time" else profile_units(cfg, data, device)
+    ranges = profiled_ranges(cfg, prof, num_units, positions, data)
+    if cfg.split.balance == "time":
+        unit_cost, head_cost, unit, scale = prof.unit_s, prof.head_s, "ms", 1e3
     else:
-        unit_cost, head_cost, unit = prof.unit_bytes, prof.head_bytes, "MiB"
-        scale = 1 / 2**20
-        ranges = balanced_ranges(unit_cost, head_cost, cfg.split.num_modules)
+        unit_cost, head_cost, unit, scale = prof.unit_bytes, prof.head_bytes, "MiB", 1 / 2**20
     costs = [round(c * scale, 1) for c in module_costs(ranges, unit_cost, head_cost)]
     uniform = module_ranges(replace(cfg.split, balance="uniform"), num_units, cfg.model.depth, positions, cfg.data.name)
     uniform_costs = [round(c * scale, 1) for c in module_costs(uniform, unit_cost, head_cost)]
@@ -210,22 +236,25 @@ def device_kind(device: torch.device) -> str:
     return f"cpu {names[0] if names else platform.processor() or platform.machine()}"
 
 
-def find_cached(out_dir: Path, key: dict) -> tuple[list, Path] | None:
-    """The split of the newest run under ``out_dir`` whose ``split.json`` has ``key``."""
+def find_cached(out_dir: Path, key: dict, name: str = "split.json", field: str = "ranges") -> tuple | None:
+    """(``field``, path) of the newest run under ``out_dir`` whose ``name`` record has ``key``."""
     found = []
-    for path in out_dir.glob("*/split.json"):
+    for path in out_dir.glob(f"*/{name}"):
         try:
             record = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             continue
         if record.get("key") == json.loads(json.dumps(key)):
-            found.append((path.stat().st_mtime, [tuple(r) for r in record["ranges"]], path))
-    return max(found)[1:] if found else None
+            found.append((path.stat().st_mtime, str(path), record[field]))
+    if not found:
+        return None
+    _, path, value = max(found)
+    return value, Path(path)
 
 
-def split_for(cfg: JobConfig, data: DataInfo, device: torch.device, stages: int = 1, run_dir=None):
+def split_for(cfg: JobConfig, data: DataInfo, device: torch.device, stages: int = 1, run_dir=None, prof=None):
     """``plan_split`` for the configured backbone (None: e2e, one module), and its line."""
     if mode_traits(cfg.mode).one_module:
         return None, f"split: one module ({cfg.mode}: the whole net in every process)"
     backbone = backbone_for(cfg, data)
-    return plan_split(cfg, data, device, backbone.num_units, backbone.positions, stages, run_dir)
+    return plan_split(cfg, data, device, backbone.num_units, backbone.positions, stages, run_dir, prof)

@@ -6,9 +6,11 @@ import json
 
 import pytest
 import torch
+import yaml
 
 from pipelocal.checkpoint import load_merged
 from pipelocal.config import ConfigError
+from pipelocal.metrics.summary import RunSummary
 from tests.conftest import tiny_config
 from tests.distributed.launch import TINY, runs_fixture, torchrun_runs
 from tests.distributed.test_pipeline import evaluated_top1, sequential_state
@@ -39,7 +41,17 @@ CASES_2 = {  # 2 processes: P = 1 x R = 2, pure data parallelism of a local meth
 }
 REPLICATED = ["--mode=pipeline", "--pipeline.replicas=2"]
 runs_p2x2 = runs_fixture(4, {name: [*TINY, *REPLICATED, *args] for name, args in CASES_4.items()})
-runs_p1x2 = runs_fixture(2, {name: [*TINY, *REPLICATED, *args] for name, args in CASES_2.items()})
+# pipeline.replicas=auto of 2 processes: 2 x 1 or 1 x 2. The first module is the stem alone, so a 2-stage pipeline
+# runs at the speed of its second stage, nearly the whole net at 64 rows; two replicas each run it at 32 rows
+# (simulated here 1.38x faster): auto must choose 1 x 2
+AUTO = [*GROUP, "--split.num_modules=2", "--split.boundaries=[0]", "--data.batch_size=64"]
+runs_p1x2 = runs_fixture(
+    2,
+    {
+        **{name: [*TINY, *REPLICATED, *args] for name, args in CASES_2.items()},
+        "greedy-K2-auto": [*TINY, *AUTO, "--mode=pipeline", "--pipeline.replicas=auto"],
+    },
+)
 
 
 def assert_same_weights(piped: dict, reference: dict, tolerance: float = 1e-5) -> None:
@@ -87,6 +99,21 @@ def test_summary_shows_replicas_and_the_all_reduce(runs_p2x2):
     assert summary["steps"] == 5 and summary["guidance_steps"] == 0
     guided = json.loads((runs_p2x2 / "greedy-K4-guided" / "summary.json").read_text())
     assert guided["guidance_steps"] == 2  # steps 2 and 4 of 5 (counted once, not per replica)
+
+
+def test_auto_trains_the_layout_it_chose(runs_p1x2):
+    """pipeline.replicas=auto: both layouts of 2 processes simulated, the faster chosen and trained (its stages,
+    its replicas, recorded as a number in config.yaml), and trained right: equal to sequential training (exact
+    with GroupNorm), so ranks that disagreed on R, or a run whose shards or all-reduce did not follow it, fail."""
+    run = runs_p1x2 / "greedy-K2-auto"
+    mesh = json.loads((run / "mesh.json").read_text())
+    assert sorted((x["stages"], x["replicas"]) for x in mesh["layouts"]) == [(1, 2), (2, 1)]
+    r = mesh["replicas"]
+    assert r == 2, mesh["layouts"]
+    summary = RunSummary.load(run)
+    assert (summary.num_stages, summary.stages[0].replicas) == (2 // r, r)
+    assert yaml.safe_load((run / "config.yaml").read_text())["pipeline"]["replicas"] == r
+    assert_same_weights(load_merged(run), sequential_state(AUTO))
 
 
 def test_all_reduce_overlaps_the_modules_after_it(runs_p1x2):
