@@ -216,8 +216,8 @@ def plan_mesh(
             profiles[rows] = profile_rounds(at, data, device)
         ranges = profiled_ranges(at, profiles[rows], backbone.num_units, backbone.positions, data)
         layouts.append(evaluate(at, profiles[rows], ranges, shapes, param_bytes, p, r, m))
-    # within TIE of the fastest is a tie, and the fewest replicas win it: what the model leaves out (the
-    # all-reduce's CPU time on shared cores, per-step costs around it) costs replicas, not stages
+    # within TIE of the fastest is a tie, and the fewest replicas win it: measured, the replicated layouts ran
+    # slower than the model says, with causes it does not capture (docs/simulator.md#choosing-p-x-r-at-start-up)
     fastest = max(x.samples_per_s for x in layouts)
     best = min((x for x in layouts if x.samples_per_s >= fastest * (1 - TIE)), key=lambda x: x.replicas)
     others = ", ".join(f"{x.stages} x {x.replicas} {x.samples_per_s:.0f}" for x in layouts)
