@@ -126,12 +126,16 @@ def _cast(value: Any, hint: Any, key: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        for hint_i in inner[:-1]:  # int | str: the first type that takes the value (2 stays a number)
+        if len(inner) == 1:
+            return _cast(value, inner[0], key)
+        for hint_i in inner:  # int | str: the first type that takes the value (2 stays a number)
             try:
                 return _cast(value, hint_i, key)
             except ConfigError:
                 pass
-        return _cast(value, inner[-1], key)
+        kinds = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+        names = " or ".join(kinds.get(h, getattr(h, "__name__", str(h))) for h in inner)
+        raise ConfigError(f"'{key}' needs {names}, got {value!r}")
     if origin is list:
         if not isinstance(value, list | tuple):
             raise ConfigError(f"'{key}' needs a list, got {value!r}")

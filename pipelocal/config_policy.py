@@ -67,7 +67,7 @@ def validate(cfg: JobConfig) -> JobConfig:
             "late on a copy of its weights (weight stashing, torch.func.functional_call), a path not tested "
             "with compiled modules; use guidance.mode=sync or train.compile=false"
         )
-    _check_replicas(cfg)
+    check_replicas(cfg)
     cfg.metrics.validate()
     if mode.check is not None:
         mode.check(cfg)
@@ -107,7 +107,7 @@ def _check_guidance(g: GuidanceConfig) -> None:
         )
 
 
-def _check_replicas(cfg: JobConfig) -> None:
+def check_replicas(cfg: JobConfig) -> None:
     """``pipeline.replicas``: what data parallelism of a local pipeline can serve."""
     replicas = cfg.pipeline.replicas
     if replicas == "auto":

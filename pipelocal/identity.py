@@ -54,6 +54,7 @@ START_FILES = {
     "config.yaml",
     "data.json",
     "split.json",
+    "mesh.json",
     "live.jsonl",
     "metrics.jsonl",
     "checkpoints",

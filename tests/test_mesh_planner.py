@@ -13,9 +13,12 @@ from pipelocal.config import ConfigError
 from pipelocal.data import DataInfo
 from pipelocal.distributed import setup
 from pipelocal.distributed.setup import agree_at_start
+from pipelocal.identity import make_run_dir
 from pipelocal.runtime.profile import UnitProfile, stage_rows
 from pipelocal.sim import mesh
 from pipelocal.sim.engine import Machine
+from pipelocal.sim.model import simulate
+from pipelocal.sim.schedules import Units
 from tests.conftest import tiny_config
 
 DATA = DataInfo(10, (3, 16, 16))
@@ -41,6 +44,8 @@ def test_the_layouts_considered():
     assert mesh.candidates(auto("--pipeline.modules_per_stage=[1,3]"), 4) == [(2, 2), (1, 4)]  # P as named
     assert mesh.candidates(auto("--data.batch_size=2", "--data.eval_batch_size=2"), 4) == [(4, 1), (2, 2)]
     assert mesh.candidates(auto("--pipeline.buffer=replay"), 4) == [(4, 1)]  # a replay pipeline has no replicas
+    # what a number R is refused for (each replica would contrast only its shard) is no candidate either
+    assert mesh.candidates(auto("--method.name=infopro", "--method.loss=contrast"), 4) == [(4, 1)]
     with pytest.raises(ConfigError, match="no P x R layout of 4 processes"):
         mesh.candidates(auto("--pipeline.buffer=replay", "--split.num_modules=2"), 4)
 
@@ -50,6 +55,8 @@ def test_auto_is_a_pipeline_option():
     assert tiny_config("--pipeline.replicas=2", "--mode=pipeline").pipeline.replicas == 2  # a number stays one
     with pytest.raises(ConfigError, match="or auto"):
         tiny_config("--pipeline.replicas=two", "--mode=pipeline")
+    with pytest.raises(ConfigError, match="'pipeline.replicas' needs an integer or a string, got 2.5"):
+        tiny_config("--pipeline.replicas=2.5", "--mode=pipeline")
     with pytest.raises(ConfigError, match="mode=pipeline"):
         tiny_config("--pipeline.replicas=auto", "--mode=sequential")
 
@@ -112,10 +119,13 @@ def test_a_later_run_of_the_same_key_takes_the_recorded_choice(monkeypatch, tmp_
     assert json.loads((tmp_path / "run-a" / "mesh.json").read_text())["replicas"] == first.replicas == 4
     profiled = len(calls)
     again = mesh.plan_mesh(cfg, DATA, torch.device("cpu"), 4, "gloo", Machine(None))
-    assert (again.replicas, len(calls), again.layouts) == (4, profiled, [])
+    assert (again.replicas, len(calls), again.profile) == (4, profiled, None)
+    assert again.layouts == first.layouts  # recorded again as the first run simulated them, not emptied
     assert "as chosen for run-a" in again.line
-    resumed = auto("--train.resume=auto", "--train.epochs=3", tmp_path=tmp_path)  # a resume, longer: same choice
-    assert mesh.plan_mesh(resumed, DATA, torch.device("cpu"), 4, "gloo", Machine(None)).layouts == []
+    # a resume that trains longer with another timeout and log interval: the same choice, no profiling
+    resumed = auto("--train.resume=auto", "--train.epochs=3", "--pipeline.timeout_s=900", tmp_path=tmp_path)
+    assert mesh.plan_mesh(resumed, DATA, torch.device("cpu"), 4, "gloo", Machine(None)).profile is None
+    assert len(calls) == profiled
     other = mesh.plan_mesh(cfg, DATA, torch.device("cpu"), 2, "gloo", Machine(None))  # another world: plan anew
     assert len(calls) > profiled and other.layouts
 
@@ -139,3 +149,26 @@ def test_start_up_agrees_on_rank_0s_answer(monkeypatch):
         as_rank(0, broken)  # a second decision (a second run in the same processes) has a key of its own
     with pytest.raises(RuntimeError, match="rank 0 failed deciding at start-up .ValueError: no data"):
         as_rank(1, broken)
+
+
+def test_a_failed_auto_start_leaves_its_run_name_free(tmp_path):
+    """A start that failed after the choice was recorded leaves mesh.json beside config.yaml: the name is reused."""
+    run = tmp_path / "named"
+    run.mkdir()
+    for name in ("mesh.json", "config.yaml", "data.json"):
+        (run / name).write_text("{}")
+    cfg = auto("--metrics.run_name=named", tmp_path=tmp_path)
+    assert make_run_dir(cfg, lambda line: None) == run and not any(run.iterdir())
+
+
+def test_a_deep_queue_is_simulated_into_its_steady_state():
+    """A light first stage runs ahead of a heavy second one until its queue is full; on one shared core the
+    steady state is then the core's share of both stages' work, 1 / (c + 3c) steps per second. Too few
+    steps for the queue would read the run-ahead (both share the core, 1 / 6c) or the drain (1 / 3c)."""
+    c = 0.01
+    cfg = auto("--pipeline.queue_depth=16", "--split.num_modules=2")
+    job = mesh.job_of(cfg, [(0, 1), (1, 2)], 2, 1)
+    zero = [0.0, 0.0]
+    u = Units(BATCH, [c / 3, c], [2 * c / 3, 2 * c], zero, zero, zero, zero, zero, zero)
+    rate = simulate(job, lambda rows: u, Machine(cores=1.0)).trace.steady_samples_per_s
+    assert rate == pytest.approx(BATCH / (4 * c), rel=0.03)

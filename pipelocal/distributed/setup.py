@@ -148,7 +148,8 @@ def init_distributed(
     if where.device.type == "cuda":
         torch.cuda.set_device(where.device)
     if callable(replicas):
-        replicas = agree_at_start(store, rank, lambda: replicas(world, where.device, where.backend))
+        wait = max(timeout, DECIDE_TIMEOUT)
+        replicas = agree_at_start(store, rank, lambda: replicas(world, where.device, where.backend), wait)
     # NCCL: device_id makes the communicator eager (a bad setup fails here), and every group made after it is
     # split from it at once (distributed_c10d._new_process_group_helper), so new_group is collective on NCCL.
     device_id = where.device if where.backend == "nccl" else None
@@ -205,9 +206,13 @@ def host_group(ranks: list[int] | None, timeout: timedelta) -> dist.ProcessGroup
 _decisions = itertools.count()  # one key per call: every rank makes the same calls (runs in one job, tests)
 
 
-def agree_at_start(store: dist.Store, rank: int, decide: Callable[[], int]) -> int:
-    """Rank 0's ``decide()``, for every rank, before any process group exists (through torchrun's store). If it
-    raises, the other ranks raise too, naming it, instead of waiting out the store's timeout."""
+DECIDE_TIMEOUT = timedelta(minutes=30)  # the other ranks' wait for rank 0's choice (profiling every layout)
+
+
+def agree_at_start(store: dist.Store, rank: int, decide: Callable[[], int], timeout: timedelta = DECIDE_TIMEOUT) -> int:
+    """Rank 0's ``decide()``, for every rank, before any process group exists (through torchrun's store). The
+    others wait up to ``timeout`` (not the store's own, which a long profile could outlast); if it raises, they
+    raise too, naming it, at once."""
     key = f"start/decided/{next(_decisions)}"
     if rank == 0:
         try:
@@ -217,6 +222,7 @@ def agree_at_start(store: dist.Store, rank: int, decide: Callable[[], int]) -> i
             raise
         store.set(key, str(value))
         return value
+    store.wait([key], timeout)
     answer = store.get(key).decode()
     if answer.startswith("error: "):
         raise RuntimeError(answer.removeprefix("error: "))

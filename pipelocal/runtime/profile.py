@@ -236,8 +236,9 @@ def device_kind(device: torch.device) -> str:
     return f"cpu {names[0] if names else platform.processor() or platform.machine()}"
 
 
-def find_cached(out_dir: Path, key: dict, name: str = "split.json", field: str = "ranges") -> tuple | None:
-    """(``field``, path) of the newest run under ``out_dir`` whose ``name`` record has ``key``."""
+def find_cached(out_dir: Path, key: dict, name: str = "split.json", field: str | None = "ranges") -> tuple | None:
+    """(``field`` of the record, or the whole record for None; its path) of the newest run under ``out_dir``
+    whose ``name`` record has ``key``."""
     found = []
     for path in out_dir.glob(f"*/{name}"):
         try:
@@ -245,7 +246,7 @@ def find_cached(out_dir: Path, key: dict, name: str = "split.json", field: str =
         except (OSError, json.JSONDecodeError):
             continue
         if record.get("key") == json.loads(json.dumps(key)):
-            found.append((path.stat().st_mtime, str(path), record[field]))
+            found.append((path.stat().st_mtime, str(path), record if field is None else record[field]))
     if not found:
         return None
     _, path, value = max(found)

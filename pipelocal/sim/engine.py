@@ -116,10 +116,11 @@ class Trace:
         cores the processes still working get the freed cores and finish faster than any steady state."""
         if not self.finished:
             return 0.0
-        mid = self.finished[len(self.finished) // 2][0]
         first_done = min((p.spans[-1][2] for p in self.procs if p.spans), default=self.finished[-1][0])
-        ends = [t for t, _ in self.finished if mid < t <= first_done]
-        end = ends[-1] if ends else self.finished[-1][0]
+        before = [t for t, _ in self.finished if t <= first_done]  # finishes while every process works
+        if len(set(before)) < 2:  # too few (a first stage far ahead): the second half of the whole run
+            before = [t for t, _ in self.finished]
+        mid, end = before[len(before) // 2], before[-1]
         rows = sum(r for t, r in self.finished if mid < t <= end)
         return rows / (end - mid) if end > mid else self.samples_per_s
 

@@ -21,7 +21,9 @@ from pathlib import Path
 import torch
 
 from pipelocal.config import ConfigError, JobConfig
+from pipelocal.config_policy import check_replicas
 from pipelocal.data import DataInfo
+from pipelocal.runtime import determinism, host_memory
 from pipelocal.runtime.local_net import backbone_for
 from pipelocal.runtime.profile import (
     TIE,
@@ -83,6 +85,10 @@ def candidates(cfg: JobConfig, world: int) -> list[tuple[int, int]]:
             continue
         if r > 1 and cfg.pipeline.buffer == "replay":
             continue
+        try:
+            check_replicas(_with_replicas(cfg, r))  # what a number R would be refused for (a contrast loss, ...)
+        except ConfigError:
+            continue
         out.append((p, r))
     if not out:
         raise ConfigError(
@@ -117,15 +123,20 @@ def _numel(shape) -> int:
     return n
 
 
-def machine(device: torch.device, backend: str, cores: float | None = None, nodes: int = 1) -> Machine:
+def machine(
+    device: torch.device, backend: str, cores: float | None = None, nodes: int = 1, per_node: int = 1
+) -> Machine:
     """This job's machine: on a CPU, the cores of its ``nodes`` hosts (this one's count each) shared by every
-    process; on CUDA, a device each."""
+    process; on CUDA, a device each, or, with more processes a node (``per_node``) than GPUs, the GPUs shared
+    by the processes as cores are (time-sliced)."""
     link = LINKS["nccl" if backend == "nccl" else "gloo"]
     if device.type == "cpu" and cores is None:
         here = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         cores = here * nodes
+    elif device.type == "cuda" and cores is None and per_node > torch.cuda.device_count():
+        cores = torch.cuda.device_count() * nodes
     return Machine(
-        cores=cores if device.type == "cpu" else None,
+        cores=cores,
         latency_s=link.latency_s,
         bandwidth=link.bandwidth,
         reduce_latency_s=link.reduce_latency_s,
@@ -143,7 +154,7 @@ def job_of(cfg: JobConfig, ranges: list[tuple[int, int]], p: int, r: int) -> Job
         list(ranges),
         stages,
         replicas=r,
-        steps=max(24, 6 * p),
+        steps=max(24, 6 * p, 4 * cfg.pipeline.queue_depth * p),  # past a first stage's run-ahead of up to q x P
         rows=cfg.data.batch_size,
         queue_depth=cfg.pipeline.queue_depth,
         guide_every=g.every,
@@ -170,8 +181,8 @@ def _with_replicas(cfg: JobConfig, r: int) -> JobConfig:
 @dataclass
 class Plan:
     replicas: int
-    layouts: list[Layout]  # empty when taken from an earlier run's mesh.json
-    profile: UnitProfile | None  # the chosen layout's profile (the split reuses it)
+    layouts: list[Layout]  # as simulated (for a recorded choice: as its record has them)
+    profile: UnitProfile | None  # the chosen layout's profile (the split reuses it); None for a recorded choice
     key: dict
     line: str
 
@@ -181,13 +192,18 @@ class Plan:
 
 
 def mesh_key(cfg: JobConfig, data: DataInfo, device: torch.device, world: int, cores: float | None) -> dict:
-    """What the choice depends on: the job but its replicas, the processes, the device and its cores."""
-    job = asdict(_with_replicas(cfg, 0))
-    for section in ("metrics", "checkpoint"):
-        job.pop(section, None)
-    skip = ("epochs", "seed", "eval_every", "max_steps", "resume", "resume_override")  # a resume: its run's choice
-    job["train"] = {k: v for k, v in job["train"].items() if k not in skip}
-    return {"job": job, "world": world, "input": list(data.input_shape), "device": device_kind(device), "cores": cores}
+    """What the choice depends on, and nothing else (a resume may change timeouts, epochs, logging and keep it):
+    the net, method, split and guidance, the batch, how stages link and compute, the processes and the device."""
+    p, t, d = cfg.pipeline, cfg.train, cfg.data
+    return {
+        "net": [asdict(cfg.model), asdict(cfg.method), asdict(cfg.split), asdict(cfg.guidance), cfg.optim.step],
+        "batch": [d.batch_size, d.eval_batch_size, list(data.input_shape)],
+        "pipeline": [p.queue_depth, p.modules_per_stage, p.buffer, p.threads, p.sync_batchnorm],
+        "numerics": [t.precision, t.channels_last, t.compile, t.host_allocator],
+        "world": world,
+        "device": device_kind(device),
+        "cores": cores,
+    }
 
 
 def plan_mesh(
@@ -195,16 +211,18 @@ def plan_mesh(
 ) -> Plan:
     """Profile and simulate every candidate layout; the fastest (or the one an earlier run of this key chose).
     ``m``: the machine to simulate (default: this one, :func:`machine`)."""
-    m = m or machine(device, backend, nodes=max(world // int(os.environ.get("LOCAL_WORLD_SIZE", world)), 1))
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    m = m or machine(device, backend, nodes=max(world // per_node, 1), per_node=per_node)
     key = mesh_key(cfg, data, device, world, m.cores)
-    cached = find_cached(Path(cfg.metrics.out_dir), key, "mesh.json", "replicas")
+    cached = find_cached(Path(cfg.metrics.out_dir), key, "mesh.json", None)
     if cached is not None:
-        replicas, where = cached
+        record, where = cached
+        replicas = record["replicas"]
         line = (
             f"pipeline.replicas=auto: P x R = {world // replicas} x {replicas}, as chosen for {where.parent.name} "
             f"(same job, {world} processes, {key['device']}; --pipeline.replicas={replicas} reproduces it)"
         )
-        return Plan(replicas, [], None, key, line)
+        return Plan(replicas, [Layout(**x) for x in record["layouts"]], None, key, line)
     backbone = backbone_for(cfg, data)
     shapes = backbone.unit_shapes(data.input_shape)
     param_bytes = [float(sum(p.numel() * p.element_size() for p in u.parameters())) for u in backbone.units]
@@ -221,7 +239,8 @@ def plan_mesh(
     fastest = max(x.samples_per_s for x in layouts)
     best = min((x for x in layouts if x.samples_per_s >= fastest * (1 - TIE)), key=lambda x: x.replicas)
     others = ", ".join(f"{x.stages} x {x.replicas} {x.samples_per_s:.0f}" for x in layouts)
-    where = f"{m.cores:g} cores shared" if m.cores is not None else "a device each"
+    shared = "GPUs" if device.type == "cuda" else "cores"
+    where = f"{m.cores:g} {shared} shared" if m.cores is not None else "a device each"
     line = (
         f"pipeline.replicas=auto: P x R = {best.stages} x {best.replicas} of {world} processes, simulated on {device} "
         f"profiles ({where}; samples/s {others}; --pipeline.replicas={best.replicas} reproduces it)"
@@ -239,8 +258,12 @@ class AutoReplicas:
     def __call__(self, world: int, device: torch.device, backend: str) -> int:
         from pipelocal.data import build_loaders
 
+        # profiled as the stages will train: their threads, allocator and deterministic mode (set again by start)
         if device.type == "cpu" and self.cfg.pipeline.threads:
-            torch.set_num_threads(self.cfg.pipeline.threads)  # profiled with the threads a stage trains with
+            torch.set_num_threads(self.cfg.pipeline.threads)
+        if device.type == "cpu" and self.cfg.train.host_allocator == "reuse":
+            host_memory.keep_freed_memory()
+        determinism.configure(self.cfg.train.deterministic, device)
         self.loaded = build_loaders(self.cfg.data, device, self.cfg.train.seed)
         self.plan = plan_mesh(self.cfg, self.loaded[2], device, world, backend)
         return self.plan.replicas
