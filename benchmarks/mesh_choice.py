@@ -18,13 +18,11 @@ import statistics
 import time
 from pathlib import Path
 
-from common import hardware, pipelocal_command, results_dir, run_job, write_outputs
+from common import SYNTHETIC, hardware, pipelocal_command, results_dir, run_job, write_outputs
 
 from pipelocal.metrics.summary import RunSummary
 
 ROOT = Path(__file__).resolve().parent.parent
-# Fashion-MNIST is not installed on every host: data of its shape costs the same to train on
-SYNTHETIC = ["--data.name=synthetic", "--data.synthetic_shape=[1,28,28]", "--data.synthetic_test=256"]
 
 
 def one_run(args, folder: Path, name: str, replicas: str) -> None:

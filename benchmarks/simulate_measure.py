@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import hardware, pipelocal_command, results_dir, run_job
+from common import SYNTHETIC, hardware, pipelocal_command, results_dir, run_job
 
 from pipelocal.config_parse import load_config
 from pipelocal.data import DataInfo
@@ -35,8 +35,6 @@ from pipelocal.runtime.numerics import Numerics
 
 ROOT = Path(__file__).resolve().parent.parent
 FMNIST = DataInfo(10, (1, 28, 28))
-# Fashion-MNIST is not installed on every host: data of its shape costs the same to train on
-SYNTHETIC = ["--data.name=synthetic", "--data.synthetic_shape=[1,28,28]", "--data.synthetic_test=256"]
 # name: (config, processes, overrides): the validation set (issue 31); every run 2 cores in all
 RUNS = {
     "e2e": ("configs/fmnist/pipeline_infopro_p2.yaml", 1, ["--mode=e2e", "--method.name=e2e", "--train.threads=2"]),

@@ -33,7 +33,7 @@ from pipelocal.metrics.run_log import Place, RunLog
 from pipelocal.metrics.summary import RunSummary
 from pipelocal.metrics.timeline import TIMELINE
 from pipelocal.preemption import Preemption
-from pipelocal.runtime import determinism, host_memory
+from pipelocal.runtime import determinism, process
 from pipelocal.runtime.profile import split_for
 from pipelocal.runtime.watchdog import Watchdog
 from pipelocal.schedules import MODES, Mode
@@ -152,15 +152,10 @@ def start(cfg: JobConfig, mode: Mode, auto: AutoReplicas | None = None):
             )
         global _watchdog  # noqa: PLW0603 (one per process; it ends with the process in any case)
         _watchdog = Watchdog(cfg.pipeline.timeout_s, topo.stage_index)
-        threads = cfg.pipeline.threads if topo.device.type == "cpu" else 0
     else:
         check_single_process(cfg.mode)
-        topo, groups, threads = Topology.single(pick_device(cfg.train.device)), None, cfg.train.threads
-    if threads:
-        torch.set_num_threads(threads)
-    if topo.device.type == "cpu" and cfg.train.host_allocator == "reuse":
-        host_memory.keep_freed_memory()
-    determinism.configure(cfg.train.deterministic, topo.device)
+        topo, groups = Topology.single(pick_device(cfg.train.device)), None
+    process.configure(cfg, topo.device, mode.traits.multi_process)
     return topo, groups
 
 

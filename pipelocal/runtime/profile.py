@@ -163,8 +163,8 @@ def plan_split(
 ) -> tuple[list, str]:
     """The module ranges the config asks for, and a line describing the choice (with predicted costs).
     ``prof``: a time profile already taken at ``stage_rows(cfg)`` (the mesh planner's), used instead of another."""
-    if cfg.split.boundaries is not None or cfg.split.balance in ("uniform", "table"):
-        ranges = module_ranges(cfg.split, num_units, cfg.model.depth, positions, cfg.data.name)
+    if _fixed(cfg):
+        ranges = profiled_ranges(cfg, None, num_units, positions, data)
         return ranges, f"split ({cfg.split.balance if cfg.split.boundaries is None else 'boundaries'}): {ranges}"
     key = split_key(cfg, data, device, stages)
     cached = find_cached(Path(cfg.metrics.out_dir), key) if cfg.split.balance == "time" else None
@@ -179,10 +179,15 @@ def plan_split(
     return ranges, f"{line}{ranges if cached else ''} (--split.boundaries={boundaries_of(ranges)} reproduces it)"
 
 
-def profiled_ranges(cfg: JobConfig, prof: UnitProfile, num_units: int, positions, data: DataInfo) -> list:
+def _fixed(cfg: JobConfig) -> bool:
+    """A split that needs no profile: explicit boundaries, uniform, or a published table."""
+    return cfg.split.boundaries is not None or cfg.split.balance in ("uniform", "table")
+
+
+def profiled_ranges(cfg: JobConfig, prof: UnitProfile | None, num_units: int, positions, data: DataInfo) -> list:
     """The split ``cfg`` asks for, on ``prof`` where it balances by profile: time (ties snapped to the split
     nearest the uniform one) or memory; the fixed splits (boundaries, uniform, table) ignore ``prof``."""
-    if cfg.split.boundaries is not None or cfg.split.balance in ("uniform", "table"):
+    if _fixed(cfg):
         return module_ranges(cfg.split, num_units, cfg.model.depth, positions, cfg.data.name)
     if cfg.split.balance == "time":
         return snapped_ranges(prof.unit_s, prof.head_s, cfg.split.num_modules, TIE)

@@ -14,6 +14,7 @@ of the same key under the same ``metrics.out_dir`` (a resume too) takes it witho
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -23,7 +24,7 @@ import torch
 from pipelocal.config import ConfigError, JobConfig
 from pipelocal.config_policy import check_replicas
 from pipelocal.data import DataInfo
-from pipelocal.runtime import determinism, host_memory
+from pipelocal.runtime import process
 from pipelocal.runtime.local_net import backbone_for
 from pipelocal.runtime.profile import (
     TIE,
@@ -79,14 +80,10 @@ def candidates(cfg: JobConfig, world: int) -> list[tuple[int, int]]:
     out = []
     for p in range(min(world, k), 0, -1):
         r = world // p
-        if world % p or r > min(cfg.data.batch_size, cfg.data.eval_batch_size):
+        if world % p or (per_stage is not None and p > 1 and len(per_stage) != p):
             continue
-        if per_stage is not None and p > 1 and len(per_stage) != p:
-            continue
-        if r > 1 and cfg.pipeline.buffer == "replay":
-            continue
-        try:
-            check_replicas(_with_replicas(cfg, r))  # what a number R would be refused for (a contrast loss, ...)
+        try:  # what a number R would be refused for: more replicas than rows, a replay buffer, a contrast loss...
+            check_replicas(_with_replicas(cfg, r))
         except ConfigError:
             continue
         out.append((p, r))
@@ -107,20 +104,13 @@ def units_of(prof: UnitProfile, rows: int, shapes: list[tuple], param_bytes: lis
         fwd=list(prof.forward_s),
         bwd=[max(t - f, 0.0) for t, f in zip(prof.unit_s, prof.forward_s)],
         head=list(prof.head_s),
-        out_bytes=[rows * dtype_bytes * _numel(s) for s in shapes],
+        out_bytes=[rows * dtype_bytes * math.prod(s) for s in shapes],
         param_bytes=param_bytes,
         saved_bytes=list(prof.unit_bytes),
         head_saved_bytes=list(prof.head_bytes),
         head_param_bytes=list(prof.head_param_bytes),
         threads=max(threads, 1),
     )
-
-
-def _numel(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def machine(
@@ -258,12 +248,7 @@ class AutoReplicas:
     def __call__(self, world: int, device: torch.device, backend: str) -> int:
         from pipelocal.data import build_loaders
 
-        # profiled as the stages will train: their threads, allocator and deterministic mode (set again by start)
-        if device.type == "cpu" and self.cfg.pipeline.threads:
-            torch.set_num_threads(self.cfg.pipeline.threads)
-        if device.type == "cpu" and self.cfg.train.host_allocator == "reuse":
-            host_memory.keep_freed_memory()
-        determinism.configure(self.cfg.train.deterministic, device)
+        process.configure(self.cfg, device, multi_process=True)  # profiled as the stages will train
         self.loaded = build_loaders(self.cfg.data, device, self.cfg.train.seed)
         self.plan = plan_mesh(self.cfg, self.loaded[2], device, world, backend)
         return self.plan.replicas
